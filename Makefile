@@ -1,0 +1,35 @@
+# Two commands on a fresh machine (see README):
+#   make run    -> the main job on embedded defaults
+#   make test   -> every test
+# Both create .venv and install what they need first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Where the tests and the main job read datasets (CIFAR-10 Parquet etc.); override with TWOHEAD_DATA=...
+export TWOHEAD_DATA ?= $(abspath ../shared/data)
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: run test bench install clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch/torchvision pinned to the releases that pair with each other (see README, "Install")
+	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m rayjobs.search --preset smoke --out runs/smoke-search
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m rayjobs.bench
+
+clean:
+	rm -rf $(VENV) runs

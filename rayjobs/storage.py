@@ -1,0 +1,431 @@
+"""Object storage for shards, labels and run results: one URL -> (pyarrow filesystem, path) resolver.
+
+Every URL the Ray jobs take (``file:///data``, a plain local path, ``s3://bucket/prefix``,
+``gs://bucket/prefix``) goes through :func:`resolve`, so prepare, the streaming reader, Ray Train's
+``storage_path`` and the results upload all talk to the same endpoint with the same retry policy.
+
+S3 settings come from the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``, ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``, credentials chain) plus two knobs of this toolkit:
+
+- ``TWOHEAD_S3_RETRIES`` (default 3): attempts per request before an error surfaces;
+- ``TWOHEAD_S3_CONNECT_TIMEOUT`` (seconds, default the AWS SDK's).
+
+Writes are atomic at the destination: local files are written under a ``_tmp-<uuid>`` name and
+renamed; object stores publish an object only when its upload completes (single PUT or completed
+multipart upload), and multi-file artefacts publish a marker file (a dataset's ``manifest.json``, a
+run's ``metrics.json``) last, so readers never see a half-written artefact as complete.
+
+A prepared dataset lives at ``<url>/<dataset>/``::
+
+    manifest.json                      # written last: class counts, names, shards with sha256
+    train/part-00000.parquet ...       # columns image (encoded bytes), label (int32), id (int64)
+    val/part-00000.parquet ...
+    test/part-00000.parquet ...
+    labels/<method>-u<u>-r<rounding>-s<seed>.parquet   # cluster ids (rayjobs.labels)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+__all__ = [
+    "StorageError",
+    "DatasetError",
+    "resolve",
+    "join",
+    "exists",
+    "read_bytes",
+    "read_json",
+    "write_bytes",
+    "write_json",
+    "move",
+    "delete",
+    "list_files",
+    "sha256",
+    "upload_dir",
+    "check_reachable",
+    "ShardInfo",
+    "SplitInfo",
+    "Manifest",
+    "MANIFEST",
+    "FORMAT",
+    "dataset_state",
+    "read_manifest",
+    "verify_dataset",
+]
+
+MANIFEST = "manifest.json"
+FORMAT = "twohead-shards/1"
+_OBJECT_STORES = ("s3", "gs", "gcs")
+
+
+class StorageError(OSError):
+    """A storage URL cannot be reached, does not exist, or refuses the operation."""
+
+
+class DatasetError(ValueError):
+    """A prepared dataset is missing, incomplete, or does not match its manifest."""
+
+
+# --------------------------------------------------------------------------------------------
+# URL -> filesystem
+# --------------------------------------------------------------------------------------------
+def _scheme(url: str) -> str:
+    p = urlparse(url)
+    # A Windows drive letter or a plain path has no (or a one-letter) scheme.
+    return p.scheme.lower() if len(p.scheme) > 1 else ""
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _s3_filesystem(bucket: str) -> pafs.S3FileSystem:
+    kw: dict[str, Any] = {
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("TWOHEAD_S3_RETRIES", "3")))
+    }
+    if os.environ.get("TWOHEAD_S3_CONNECT_TIMEOUT"):
+        kw["connect_timeout"] = float(os.environ["TWOHEAD_S3_CONNECT_TIMEOUT"])
+    endpoint = _endpoint()
+    if endpoint:
+        kw["endpoint_override"] = endpoint  # "http://host:port" also sets the scheme
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kw["region"] = region
+    elif not endpoint:
+        with _errors(f"s3://{bucket}", "resolve the region of"):
+            kw["region"] = pafs.resolve_s3_region(bucket)
+    return pafs.S3FileSystem(**kw)
+
+
+def resolve(url: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path)`` for a URL or local path; the path has no scheme or trailing slash."""
+    url = str(url)
+    scheme = _scheme(url)
+    if scheme == "":
+        return pafs.LocalFileSystem(), str(Path(url).expanduser().resolve())
+    if scheme == "file":
+        return pafs.LocalFileSystem(), str(Path(urlparse(url).path).resolve())
+    if scheme in ("s3", "s3a"):
+        p = urlparse(url)
+        if not p.netloc:
+            raise StorageError(f"{url!r} names no bucket; expected s3://BUCKET/PREFIX")
+        return _s3_filesystem(p.netloc), f"{p.netloc}{p.path}".rstrip("/")
+    with _errors(url, "open"):
+        fs, path = pafs.FileSystem.from_uri(url)
+    return fs, path.rstrip("/")
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a URL or local path with ``/`` (object-store keys never use ``\\``)."""
+    base = str(url).rstrip("/")
+    return "/".join([base, *[p.strip("/") for p in parts if p]])
+
+
+def _is_object_store(url: str) -> bool:
+    return _scheme(url) in ("s3", "s3a", "gs", "gcs")
+
+
+@contextmanager
+def _errors(url: str, action: str) -> Iterator[None]:
+    """Turn the SDK's OSErrors into one message naming the URL, the endpoint and the likely cause."""
+    try:
+        yield
+    except (StorageError, FileNotFoundError, FileExistsError):
+        raise
+    except OSError as e:
+        msg = str(e)
+        where = f" (endpoint {_endpoint()})" if _endpoint() and _is_object_store(url) else ""
+        if "NO_SUCH_BUCKET" in msg or "NoSuchBucket" in msg:
+            bucket = urlparse(url).netloc
+            raise StorageError(f"cannot {action} {url}: bucket {bucket!r} does not exist{where}") from e
+        if "NETWORK_CONNECTION" in msg or "Could not connect" in msg or "curlCode" in msg:
+            raise StorageError(
+                f"cannot {action} {url}: the object store{where} is unreachable "
+                f"(check AWS_ENDPOINT_URL / network; TWOHEAD_S3_RETRIES sets the retries): {msg}"
+            ) from e
+        if "ACCESS_DENIED" in msg or "InvalidAccessKeyId" in msg or "SignatureDoesNotMatch" in msg:
+            raise StorageError(f"cannot {action} {url}: access denied{where}; check the credentials: {msg}") from e
+        raise StorageError(f"cannot {action} {url}{where}: {msg}") from e
+
+
+def check_reachable(url: str) -> None:
+    """Fail fast with a clear error if the store behind ``url`` is unreachable or its bucket is missing."""
+    fs, path = resolve(url)
+    if not _is_object_store(url):
+        return
+    bucket = path.split("/", 1)[0]
+    with _errors(url, "reach"):
+        info = fs.get_file_info(bucket)
+    if info.type == pafs.FileType.NotFound:
+        where = f" (endpoint {_endpoint()})" if _endpoint() else ""
+        raise StorageError(f"cannot use {url}: bucket {bucket!r} does not exist{where}")
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+def exists(url: str) -> bool:
+    fs, path = resolve(url)
+    with _errors(url, "stat"):
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = resolve(url)
+    with _errors(url, "read"):
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{url} does not exist")
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+
+def read_json(url: str) -> Any:
+    data = read_bytes(url)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{url} is not valid JSON: {e}") from e
+
+
+def _tmp_sibling(path: str) -> str:
+    d, name = posixpath.split(path)
+    return posixpath.join(d, f"_tmp-{uuid.uuid4().hex[:12]}-{name}")
+
+
+def write_bytes(url: str, data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``url`` atomically (temp name + rename locally, one completed upload remotely)."""
+    fs, path = resolve(url)
+    with _errors(url, "write"):
+        if not overwrite and fs.get_file_info(path).type != pafs.FileType.NotFound:
+            raise FileExistsError(f"{url} already exists")
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        if _is_object_store(url):
+            # An object appears only when its upload completes: no temp object needed.
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        tmp = _tmp_sibling(path)
+        try:
+            with fs.open_output_stream(tmp) as f:
+                f.write(data)
+            fs.move(tmp, path)  # rename(2): atomic on one filesystem
+        finally:
+            if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+                fs.delete_file(tmp)
+
+
+def write_json(url: str, obj: Any, *, overwrite: bool = True) -> None:
+    write_bytes(url, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode(), overwrite=overwrite)
+
+
+def move(src_url: str, dst_url: str) -> None:
+    """Move one file (rename locally; server-side copy + delete on object stores)."""
+    fs, src = resolve(src_url)
+    _, dst = resolve(dst_url)
+    with _errors(src_url, f"move to {dst_url}"):
+        parent = posixpath.dirname(dst)
+        if parent:
+            fs.create_dir(parent, recursive=True)
+        fs.move(src, dst)
+
+
+def delete(url: str, *, missing_ok: bool = True) -> None:
+    """Delete a file or a whole directory (prefix)."""
+    fs, path = resolve(url)
+    with _errors(url, "delete"):
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            if not missing_ok:
+                raise FileNotFoundError(f"{url} does not exist")
+            return
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        else:
+            fs.delete_file(path)
+
+
+def list_files(url: str) -> list[str]:
+    """Relative paths (``/``-separated) of every file under ``url``; empty if it does not exist."""
+    fs, path = resolve(url)
+    with _errors(url, "list"):
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return []
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return sorted(posixpath.relpath(i.path, path) for i in infos if i.type == pafs.FileType.File)
+
+
+def sha256(url: str, chunk: int = 8 << 20) -> tuple[str, int]:
+    """``(hex sha256, size in bytes)`` of one file, streamed."""
+    fs, path = resolve(url)
+    h, n = hashlib.sha256(), 0
+    with _errors(url, "read"):
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{url} does not exist")
+        with fs.open_input_stream(path) as f:
+            while True:
+                b = f.read(chunk)
+                if not b:
+                    break
+                h.update(b)
+                n += len(b)
+    return h.hexdigest(), n
+
+
+def upload_dir(local_dir: str | Path, url: str, *, last: str = "metrics.json") -> list[str]:
+    """Copy every file of ``local_dir`` to ``url``; ``last`` (the completion marker) is published last.
+
+    Files are uploaded under ``url/_tmp-<uuid>/`` and then moved into place, so an interrupted upload
+    leaves only the temp prefix; a reader that sees ``url/<last>`` sees every other file too.
+    Returns the relative paths uploaded.
+    """
+    local_dir = Path(local_dir)
+    rel = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+    rel.sort(key=lambda r: r == last)  # stable: marker to the end
+    fs, dst = resolve(url)
+    staging = posixpath.join(dst, f"_tmp-{uuid.uuid4().hex[:12]}")
+    with _errors(url, "upload to"):
+        fs.create_dir(staging, recursive=True)
+        pafs.copy_files(str(local_dir), staging, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        try:
+            for r in rel:
+                target = posixpath.join(dst, r)
+                if posixpath.dirname(target):
+                    fs.create_dir(posixpath.dirname(target), recursive=True)
+                fs.move(posixpath.join(staging, r), target)
+        finally:
+            if fs.get_file_info(staging).type != pafs.FileType.NotFound:
+                fs.delete_dir(staging)
+    return rel
+
+
+# --------------------------------------------------------------------------------------------
+# Prepared datasets: manifest + shards
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ShardInfo:
+    path: str  # relative to the dataset URL, e.g. "train/part-00000.parquet"
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class SplitInfo:
+    num_rows: int
+    class_counts: list[int]
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    """What ``rayjobs.prepare`` wrote: the source of truth for class counts and the shard list."""
+
+    dataset: str
+    num_classes: int
+    class_names: list[str]
+    class_counts: list[int]  # train split, per class (drives Eq. 3's cluster counts and the LT metrics)
+    image_size: int  # training resolution
+    image_format: str  # webp (lossless, small images) | jpeg | source (original file bytes)
+    mean: list[float]
+    std: list[float]
+    data_config: dict[str, Any]  # the twohead DataConfig the dataset was built from
+    splits: dict[str, SplitInfo]
+    format: str = FORMAT
+    created: str = ""
+    url: str = ""  # where it was read from (not stored)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("url")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], url: str = "") -> "Manifest":
+        try:
+            splits = {
+                name: SplitInfo(
+                    num_rows=int(s["num_rows"]),
+                    class_counts=[int(c) for c in s["class_counts"]],
+                    shards=[ShardInfo(**sh) for sh in s["shards"]],
+                )
+                for name, s in d["splits"].items()
+            }
+            kw = {k: d[k] for k in ("dataset", "num_classes", "class_names", "class_counts", "image_size",
+                                    "image_format", "mean", "std", "data_config")}
+        except (KeyError, TypeError) as e:
+            raise DatasetError(f"{join(url, MANIFEST)} is not a twohead manifest: missing or bad field {e}") from e
+        if d.get("format") != FORMAT:
+            raise DatasetError(f"{join(url, MANIFEST)} has format {d.get('format')!r}; this version reads {FORMAT!r}")
+        return cls(**kw, splits=splits, format=d["format"], created=d.get("created", ""), url=url)
+
+    def shard_urls(self, split: str) -> list[str]:
+        if split not in self.splits:
+            raise DatasetError(f"dataset {self.url} has no {split!r} split; it has {sorted(self.splits)}")
+        return [join(self.url, s.path) for s in self.splits[split].shards]
+
+
+def dataset_state(url: str) -> str:
+    """``"missing"`` (nothing there), ``"complete"`` (a manifest) or ``"incomplete"`` (files, no manifest)."""
+    if exists(join(url, MANIFEST)):
+        return "complete"
+    files = [f for f in list_files(url) if not f.startswith("_tmp-")]
+    return "incomplete" if files else "missing"
+
+
+def read_manifest(url: str) -> Manifest:
+    url = str(url).rstrip("/")
+    try:
+        d = read_json(join(url, MANIFEST))
+    except FileNotFoundError:
+        state = dataset_state(url)
+        hint = (
+            "files are there but no manifest: an interrupted prepare; rerun rayjobs.prepare with --overwrite"
+            if state == "incomplete" else "nothing is there; run rayjobs.prepare first"
+        )
+        raise DatasetError(f"no prepared dataset at {url}: {join(url, MANIFEST)} does not exist ({hint})") from None
+    return Manifest.from_json(d, url=url)
+
+
+def verify_dataset(url: str | Manifest, *, checksums: bool = True, threads: int = 8) -> Manifest:
+    """Check that every shard of the manifest exists with its size (and sha256 when ``checksums``).
+
+    Raises :class:`DatasetError` naming the first shard that does not match.
+    """
+    m = url if isinstance(url, Manifest) else read_manifest(url)
+    shards = [s for split in m.splits.values() for s in split.shards]
+    fs, root = resolve(m.url)
+
+    def check(s: ShardInfo) -> str | None:
+        u = join(m.url, s.path)
+        with _errors(u, "stat"):
+            info = fs.get_file_info(posixpath.join(root, s.path))
+        if info.type == pafs.FileType.NotFound:
+            return f"shard {u} listed in the manifest does not exist"
+        if info.size != s.bytes:
+            return f"shard {u} has {info.size} bytes; the manifest says {s.bytes}"
+        if checksums:
+            digest, _ = sha256(u)
+            if digest != s.sha256:
+                return f"shard {u} has sha256 {digest}; the manifest says {s.sha256} (corrupted or replaced)"
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards)))) as ex:
+        for problem in ex.map(check, shards):
+            if problem:
+                raise DatasetError(f"dataset {m.url} does not match its manifest: {problem}")
+    return m

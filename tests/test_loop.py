@@ -1,0 +1,134 @@
+"""The one training loop: outputs, checkpoint/resume, refusal to overwrite, every method end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from twohead.config import METHODS, apply_overrides, load_config
+from twohead.data import LTData, Split
+from twohead.division import DivisionError
+from twohead.loop import LocalReporter, RunExistsError, fit, lr_at
+
+COUNTS = [48, 16, 6]
+
+
+def synthetic(counts=COUNTS, per_eval=6, size=32, seed=0) -> LTData:
+    """Three learnable classes (class-coloured images + noise), long-tailed train, balanced val/test."""
+    rng = np.random.default_rng(seed)
+    colours = np.array([[220, 40, 40], [40, 220, 40], [40, 40, 220]], dtype=np.float32)
+
+    def make(n_per):
+        labels = np.repeat(np.arange(len(n_per)), n_per)
+        imgs = colours[labels][:, None, None, :] + rng.normal(0, 40, (len(labels), size, size, 3))
+        return Split(labels=labels, ids=np.arange(len(labels)), images=np.clip(imgs, 0, 255).astype(np.uint8))
+
+    return LTData(name="synthetic", class_names=["r", "g", "b"], num_classes=3, image_size=size,
+                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=make(counts), val=make([per_eval] * 3),
+                  test=make([per_eval] * 3))
+
+
+def tiny_cfg(tmp_path, **over):
+    base = {"method.u": 3, "optim.epochs": 2, "optim.batch_size": 16, "optim.warmup_epochs": 0,
+            "optim.milestones": [1], "run.out": str(tmp_path), "run.progress": False, "run.plots": False,
+            "run.checkpoint_every": 1, "method.drw_epoch": 1}
+    base.update(over)
+    return load_config(overrides=base)
+
+
+def test_lr_schedule_follows_the_recipe():
+    cfg = load_config()
+    assert lr_at(cfg, 0) == pytest.approx(0.02) and lr_at(cfg, 4) == pytest.approx(0.1)  # 5-epoch warm-up
+    assert lr_at(cfg, 119) == pytest.approx(0.1) and lr_at(cfg, 120) == pytest.approx(0.01)
+    assert lr_at(cfg, 160) == pytest.approx(0.001) and lr_at(cfg, 199) == pytest.approx(0.001)
+    cos = load_config(preset="imagenet-lt")
+    assert lr_at(cos, 5) == pytest.approx(0.2) and lr_at(cos, 89) < 0.001
+
+
+def test_fit_writes_resolved_config_history_metrics_and_plots(tmp_path):
+    cfg = tiny_cfg(tmp_path, **{"run.plots": True})
+    result = fit(cfg, data=synthetic())
+    out = tmp_path / cfg.run_name()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("top1", "per_class_recall", "many", "medium", "few", "ece", "val", "weight_norms", "wall_s", "torch"):
+        assert key in metrics
+    assert metrics == json.loads(json.dumps(result))
+    assert len(metrics["per_class_recall"]) == 3 and metrics["clusters_per_class"] == [3, 2, 1]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert "val_top1" in history[0] and "test_top1" in history[-1] and "test_top1" not in history[0]
+    assert load_config(out / "config.yaml").to_dict() == cfg.to_dict()
+    assert (out / "per_class_recall.png").stat().st_size > 0 and (out / "history.png").stat().st_size > 0
+
+
+class Crash(LocalReporter):
+    """Checkpoints like the default reporter, then dies after epoch `at` (a killed process)."""
+
+    def __init__(self, out, at):
+        super().__init__(out)
+        self.at = at
+
+    def report(self, metrics, make_state):
+        super().report(metrics, make_state)
+        if metrics["epoch"] == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    data = synthetic()
+    a = tiny_cfg(tmp_path, **{"run.name": "a", "optim.epochs": 3, "method.name": "twohead_full"})
+    fit(a, data=data)
+    b = apply_overrides(a, {"run.name": "b"})
+    with pytest.raises(KeyboardInterrupt):
+        fit(b, data=data, reporter=Crash(tmp_path / "b", at=1))
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    fit(b, data=data)
+    wa = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    wb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert wa["epoch"] == wb["epoch"] == 3
+    for k in wa["model"]:
+        assert torch.equal(wa["model"][k], wb["model"][k]), k
+    hb = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert hb == [1, 2, 3]
+    # a finished run is not retrained: the same command returns its metrics
+    again = fit(b, data=data)
+    assert again["top1"] == json.loads((tmp_path / "b" / "metrics.json").read_text())["top1"]
+
+
+def test_refuses_to_overwrite_another_runs_results(tmp_path):
+    data = synthetic()
+    cfg = tiny_cfg(tmp_path, **{"run.name": "x", "optim.epochs": 1})
+    fit(cfg, data=data)
+    before = (tmp_path / "x" / "metrics.json").read_bytes()
+    other = apply_overrides(cfg, {"method.u": 2})
+    with pytest.raises(RunExistsError, match="different config"):
+        fit(other, data=data)
+    assert (tmp_path / "x" / "metrics.json").read_bytes() == before
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / "notes.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match="not empty"):
+        fit(apply_overrides(cfg, {"run.name": "y"}), data=data)
+
+
+def test_division_error_is_raised_before_anything_is_written(tmp_path):
+    cfg = tiny_cfg(tmp_path, **{"method.u": 400, "run.name": "z"})  # Eq. 3: the largest class needs 400 clusters
+    data = synthetic(counts=[200, 3, 2])
+    with pytest.raises(DivisionError, match="class 0 has 200 training samples but needs u_c=400"):
+        fit(cfg, data=data)
+    assert not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_and_evaluates(tmp_path, method):
+    cfg = tiny_cfg(tmp_path, **{"method.name": method, "optim.epochs": 2})
+    result = fit(cfg, data=synthetic())
+    assert 0 <= result["top1"] <= 100 and len(result["weight_norms"]) == 3
+    assert np.isfinite([h["train_loss"] for h in [json.loads(x) for x in (tmp_path / cfg.run_name() / "history.jsonl").read_text().splitlines()]]).all()
+
+
+def test_two_head_learns_the_synthetic_task(tmp_path):
+    cfg = tiny_cfg(tmp_path, **{"optim.epochs": 6, "optim.milestones": [5], "optim.lr": 0.05})
+    result = fit(cfg, data=synthetic())
+    assert result["top1"] > 60  # chance is 33%

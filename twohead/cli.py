@@ -1,0 +1,126 @@
+"""``twohead`` command line: train, eval, describe.
+
+    twohead train  [--config FILE.yaml] [--preset NAME] [--set section.key=value ...] [--out DIR]
+    twohead eval   RUN_DIR_OR_CHECKPOINT [--split test|val] [--set ...]
+    twohead describe [--config FILE.yaml] [--preset NAME] [--set ...]
+
+Config errors exit with status 2 and one line naming the field, its value and the allowed range.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import PRESETS, ConfigError, TrainConfig, apply_overrides, load_config
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with sections data/model/method/optim/run")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (smoke, cifar10-lt, imagenet-lt, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set method.u=20 --set optim.epochs=10 (repeatable)")
+    p.add_argument("--out", help="results folder (run.out)")
+    p.add_argument("--name", help="run name (run.name)")
+
+
+def _load(args) -> TrainConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "out", None):
+        overrides.append(f"run.out={args.out}")
+    if getattr(args, "name", None):
+        overrides.append(f"run.name={args.name}")
+    return load_config(args.config, preset=args.preset, overrides=overrides)
+
+
+def cmd_train(args) -> int:
+    from .loop import fit
+
+    cfg = _load(args)
+    result = fit(cfg)
+    out = Path(cfg.run.out) / cfg.run_name()
+    print(json.dumps({k: result[k] for k in ("top1", "many", "medium", "few")} | {"val_top1": (result.get("val") or {}).get("top1"), "metrics": str(out / "metrics.json")}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data import build_data
+    from .loop import evaluate, resolve_device
+    from .model import create_model
+
+    path = Path(args.run)
+    ckpt = path / "checkpoint.pt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise ConfigError(f"no checkpoint at {ckpt}")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    cfg = TrainConfig.from_dict(state["config"])
+    if args.overrides:
+        cfg = apply_overrides(cfg, args.overrides)
+    cfg.validate()
+    data = build_data(cfg.data)
+    device = resolve_device(cfg)
+    model = create_model(cfg, state["class_counts"]).to(device)
+    model.load_state_dict(state["model"])
+    split = {"test": data.test, "val": data.val}[args.split]
+    if split is None:
+        raise ConfigError(f"the dataset has no {args.split} split (data.val_per_class=0?)")
+    report = evaluate(model, split, data, cfg, device)
+    report.pop("confusion", None)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from .data import describe_counts
+    from .division import clusters_per_class
+
+    cfg = _load(args)
+    info = describe_counts(cfg.data)
+    counts = info["train_counts"]
+    names = info.get("class_names") or [str(i) for i in range(len(counts))]
+    ucs = clusters_per_class(counts, cfg.method.u, cfg.method.rounding) if cfg.spec.cdh else [1] * len(counts)
+    print(f"dataset {cfg.data.dataset}  imbalance {cfg.data.imbalance:g}  method {cfg.method.name}  u={cfg.method.u} ({cfg.method.rounding})")
+    print(f"{'class':>5}  {'name':<20} {'n_c':>6} {'u_c':>4}")
+    for c, (name, n, uc) in enumerate(zip(names, counts, ucs)):
+        print(f"{c:>5}  {str(name)[:20]:<20} {n:>6} {uc:>4}")
+    print(f"train {sum(counts)}  classes {len(counts)}  K = sum(u_c) = {sum(ucs)}")
+    print(f"val {info.get('val_total', 0)}  test {info.get('test_total', 0)}")
+    for note in info.get("notes") or []:
+        print(f"note: {note}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="twohead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one model (single process)")
+    _config_args(p)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
+    p.add_argument("run", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("describe", help="print the LT class counts and u_c per class (Eq. 3) of a config")
+    _config_args(p)
+    p.set_defaults(func=cmd_describe)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .data import DataError
+    from .division import DivisionError
+    from .loop import RunExistsError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, DivisionError, RunExistsError) as e:
+        print(f"twohead: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
