@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,13 +361,27 @@ def display_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str) -> "optuna.storages.RDBStorage":
-    """An ``RDBStorage`` (an object, not a URL string: Ray's OptunaSearch requires it), or SearchError."""
+def _rdb_storage(url: str) -> "optuna.storages.RDBStorage":
     import optuna
 
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as exc:  # noqa: BLE001
+            # Two processes creating the schema of a new database at once (a driver and a dashboard, two
+            # drivers): one of them sees "table ... already exists". The schema is there now: try again.
+            if "already exists" in str(exc) and attempt < 2:
+                time.sleep(0.5)
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def open_storage(url: str) -> "optuna.storages.RDBStorage":
+    """An ``RDBStorage`` (an object, not a URL string: Ray's OptunaSearch requires it), or SearchError."""
     shown = display_url(url)
     try:
-        return optuna.storages.RDBStorage(url)
+        return _rdb_storage(url)
     except ModuleNotFoundError as exc:
         raise SearchError(
             f"cannot open Optuna storage {shown}: its database driver {exc.name!r} is not installed "

@@ -175,12 +175,40 @@ def _trial_run_dir() -> Path:
     return Path.cwd() / RUN_SUBDIR
 
 
+def _finished_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
+    """The last epoch's metrics of a run of ``cfg`` that already finished in ``run_dir``, else None.
+
+    A driver killed right after a trial finished may have snapshotted the experiment before Tune saw the trial
+    terminate (snapshots are at least 10 s apart); the restored trial then restarts from an older checkpoint.
+    Its run folder already holds the finished run, so it is reported again instead of being retrained.
+    """
+    import json
+
+    import yaml
+
+    files = [run_dir / n for n in ("config.yaml", "history.jsonl", "metrics.json")]
+    if not all(f.is_file() for f in files):
+        return None
+    try:
+        if yaml.safe_load(files[0].read_text()) != cfg.to_dict():
+            return None
+        lines = [ln for ln in files[1].read_text().splitlines() if ln.strip()]
+        last = json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return last if int(last.get("epoch", 0)) >= cfg.optim.epochs else None
+
+
 def _fit_in_trial(cfg: TrainConfig, spec: SearchSpec) -> None:
     from twohead.loop import fit
 
     # No progress bars inside Ray actors: they interleave in the driver's log.
     cfg = apply_overrides(cfg, {"run.progress": False})
     run_dir = _trial_run_dir()
+    done = _finished_run(run_dir, cfg)
+    if done is not None:
+        TuneReporter(run_dir).report(done, None)
+        return
     res = spec.resources
     if res.workers_per_trial == 1:
         fit(cfg, out_dir=run_dir, reporter=TuneReporter(run_dir))
@@ -205,6 +233,7 @@ def _fit_in_trial(cfg: TrainConfig, spec: SearchSpec) -> None:
             name=f"train_{ctx.get_trial_id()}",
             storage_path=storage.trial_fs_path,
             storage_filesystem=storage.storage_filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -256,6 +285,16 @@ class RecordingOptunaSearch(OptunaSearch):
             ot.set_user_attr("tune_trial_id", trial_id)
             ot.set_user_attr("experiment", self._experiment)
         return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A trial an earlier (killed) driver already finished, restored from an older experiment snapshot:
+            # its Optuna record is final and stays as it is.
+            log.info("trial %s already finished in the study; keeping its recorded value", trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot = self._ot_trials.get(trial_id)

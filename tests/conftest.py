@@ -131,9 +131,9 @@ def ray_head(s3_server, data_root) -> RayHead:
         _wait_http(f"{head.dashboard_url}/api/version", timeout=90)
         yield head
     finally:
-        # Stop only the head we started: SIGTERM to its --block process group.
+        # Stop only the head we started: SIGTERM to its `--block` process, which shuts its head down.
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
         except Exception:  # noqa: BLE001
             os.killpg(proc.pid, signal.SIGKILL)

@@ -132,3 +132,36 @@ def test_two_head_learns_the_synthetic_task(tmp_path):
     cfg = tiny_cfg(tmp_path, **{"optim.epochs": 6, "optim.milestones": [5], "optim.lr": 0.05})
     result = fit(cfg, data=synthetic())
     assert result["top1"] > 60  # chance is 33%
+
+
+def test_file_backed_split_trains_through_the_dataloader(tmp_path):
+    """Large images stay on disk: the DataLoader path (decode + RandomResizedCrop on workers) feeds the same loop."""
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for split, per in (("train", [12, 4]), ("test", [3, 3])):
+        for c, n in enumerate(per):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    cfg = tiny_cfg(tmp_path / "runs", **{"data.dataset": "folder", "data.path": str(root), "data.val_per_class": 0,
+                                         "data.image_size": 72, "data.num_workers": 0, "optim.batch_size": 4,
+                                         "method.u": 2, "optim.epochs": 1})
+    result = fit(cfg)
+    assert result["num_samples"] == 6 and len(result["per_class_recall"]) == 2
+
+
+def test_kmeans_division_on_features_of_a_checkpoint(tmp_path):
+    data = synthetic()
+    first = tiny_cfg(tmp_path, **{"run.name": "feat", "optim.epochs": 1})
+    fit(first, data=data)
+    ckpt = tmp_path / "feat" / "checkpoint.pt"
+    cfg = tiny_cfg(tmp_path, **{"run.name": "km", "optim.epochs": 1, "method.clustering": "kmeans",
+                                "method.embedding": f"checkpoint:{ckpt}"})
+    result = fit(cfg, data=data)
+    assert result["clusters_per_class"] == [3, 2, 1]
+    bad = apply_overrides(cfg, {"run.name": "km2", "method.embedding": f"checkpoint:{tmp_path}/nope.pt"})
+    with pytest.raises(Exception, match="nope.pt"):
+        fit(bad, data=data)

@@ -290,7 +290,9 @@ class Step:
                         buf.copy_(old) if old is not None else buf.zero_()
         pool = self.graph.pool() if self.graph is not None else None
         graph = torch.cuda.CUDAGraph()
-        self.opt.zero_grad(set_to_none=False)
+        # Grads set to None so the captured backward *allocates* them from the graph's pool (each replay writes
+        # fresh gradients instead of accumulating), as in PyTorch's whole-network capture recipe.
+        self.opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph, pool=pool):
             self.static_loss = self.loss(*self.static, augment)
             self.static_loss.backward()

@@ -220,7 +220,11 @@ def plan_standin(cfg: "DataConfig", root: str | Path) -> "DatasetPlan":
     from twohead.data.imagenet_lt import plan_imagenet_lt
 
     size = cfg.image_size or 32
-    folder = generate_standin(standin_dir(cfg), size, 0, data_root=root)
+    folder = standin_dir(cfg)
+    marker = folder / _MARKER
+    # Reuse any complete stand-in of this image size (e.g. one generated with fewer test images per class).
+    if not (marker.is_file() and json.loads(marker.read_text())["params"].get("image_size") == size):
+        folder = generate_standin(folder, size, 0, data_root=root)
     # The stand-in folder is the data root (imagenet_lt/ lists) and the image root (data.path) at once.
     plan = plan_imagenet_lt(dataclasses.replace(cfg, path=str(folder), image_size=size), folder)
     return dataclasses.replace(plan, name="imagenet-lt-standin")

@@ -1,0 +1,306 @@
+"""Ray Data streaming of prepared shards into Ray Train workers, and the eval splits of a Ray run.
+
+Pipeline (one per run, executed once per epoch)::
+
+    read_parquet(train shards on S3/GCS/local, file order reshuffled each epoch)
+      -> map_batches(decode_batch) on CPU workers: decode, validate label and image, attach the cluster id
+         (ClusterLookup), and for large images RandomResizedCrop + flip
+      -> streaming_split(num_workers, equal=True)     # TorchTrainer(datasets={"train": ds})
+      -> iter_torch_batches(prefetch, local shuffle)  # RayBatchSource, given to twohead.loop.fit
+
+Images of at most 64 px leave the CPU workers un-augmented (``augmented=False``): the loop crops and flips
+whole batches on the device, like a local run. Bad rows -- a label outside [0, C), an undecodable image, an id
+without a cluster -- raise :class:`RowError` naming the shard file and the row id; with ``skip_invalid`` they
+are dropped instead and counted by a :class:`SkipCounter` actor whose summary the run reports.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from rayjobs import storage
+from rayjobs.labels import ClusterLookup, MissingClusterError
+from rayjobs.storage import DatasetError, Manifest
+
+__all__ = [
+    "RowError",
+    "SkipCounter",
+    "decode_batch",
+    "train_dataset",
+    "RayBatchSource",
+    "load_split",
+    "ltdata_from_manifest",
+    "CPU_AUGMENT_MIN_SIZE",
+]
+
+log = logging.getLogger("rayjobs.stream")
+
+CPU_AUGMENT_MIN_SIZE = 65  # images this large are augmented on the CPU workers (RandomResizedCrop + flip)
+
+
+class RowError(DatasetError):
+    """A streamed row is invalid: names the shard file and the row's sample id."""
+
+
+# --------------------------------------------------------------------------------------------
+# Skipped rows
+# --------------------------------------------------------------------------------------------
+class SkipCounter:
+    """Counts rows dropped under ``skip_invalid`` (run as a Ray actor; every epoch re-reads, so rows are
+    counted once by (shard, id))."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int], str] = {}
+
+    def add(self, items: list[tuple[str, int, str]]) -> None:
+        for where, rid, reason in items:
+            self.rows.setdefault((where, int(rid)), reason)
+
+    def summary(self) -> dict[str, Any]:
+        reasons: dict[str, int] = {}
+        for r in self.rows.values():
+            key = r.split(":", 1)[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        first = [{"shard": w, "id": i, "reason": r} for (w, i), r in sorted(self.rows.items())[:10]]
+        return {"skipped": len(self.rows), "by_reason": reasons, "first": first}
+
+
+# --------------------------------------------------------------------------------------------
+# The per-batch UDF
+# --------------------------------------------------------------------------------------------
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    num_classes: int,
+    size: int,
+    augment: bool,
+    lookup: ClusterLookup | None,
+    url_prefix: str = "",
+    skip_invalid: bool = False,
+    counter: Any = None,
+) -> dict[str, np.ndarray]:
+    """Decode one Arrow batch of shard rows to ``{"image": uint8 [B,s,s,3], "label", "cluster"}``.
+
+    ``lookup`` None means no class division: the cluster id is the class label (K = C).
+    """
+    from torchvision.transforms import v2 as T
+
+    from twohead.data.sources import decode_bytes, fit_size
+
+    n = len(batch["label"])
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    ids = np.asarray(batch["id"], dtype=np.int64)
+    paths = batch.get("path")
+    where = (lambda i: f"{url_prefix}{paths[i]}") if paths is not None else (lambda i: "a shard")
+    keep = np.ones(n, dtype=bool)
+    dropped: list[tuple[str, int, str]] = []
+
+    def bad(i: int, reason: str) -> None:
+        if not skip_invalid:
+            raise RowError(f"shard {where(i)}: row id {int(ids[i])}: {reason} (set data.skip_corrupt=true / --skip-invalid to skip such rows)")
+        keep[i] = False
+        dropped.append((where(i), int(ids[i]), reason))
+
+    for i in np.flatnonzero((labels < 0) | (labels >= num_classes)).tolist():
+        bad(i, f"label {int(labels[i])} outside [0, {num_classes})")
+
+    crop = T.Compose([T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()]) if augment else None
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for i, data in enumerate(batch["image"]):
+        if not keep[i]:
+            continue
+        try:
+            img = decode_bytes(bytes(data) if data is not None else b"")
+        except ValueError as e:
+            bad(i, f"undecodable image: {e}")
+            continue
+        img = crop(img) if crop is not None else fit_size(img, size)
+        out[i] = img.permute(1, 2, 0).numpy()
+
+    if lookup is not None:
+        clusters = np.zeros(n, dtype=np.int64)
+        miss = lookup.missing(ids[keep])
+        if len(miss):
+            # A missing cluster is a wrong labels file, not a bad row: never skipped.
+            first = int(np.flatnonzero(keep & np.isin(ids, miss))[0])
+            raise MissingClusterError(
+                f"{lookup.source} has no cluster for {len(miss)} ids of this batch (first: {miss[:5].tolist()}, "
+                f"in shard {where(first)}); recompute it with python -m rayjobs.labels --overwrite"
+            )
+        clusters[keep] = lookup(ids[keep])
+    else:
+        clusters = labels.copy()
+    if dropped and counter is not None:
+        counter.add.remote(dropped)
+    return {"image": out[keep], "label": labels[keep], "cluster": clusters[keep]}
+
+
+def train_dataset(
+    manifest: Manifest,
+    *,
+    lookup: ClusterLookup | None,
+    image_size: int | None = None,
+    skip_invalid: bool = False,
+    counter: Any = None,
+    seed: int = 0,
+    decode_batch_size: int = 256,
+    decode_concurrency: int | tuple[int, int] | None = None,
+):
+    """The streaming train dataset of a prepared dataset (lazy; executes when iterated)."""
+    import ray.data
+    from ray.data.datasource import FileShuffleConfig
+
+    size = int(image_size or manifest.image_size)
+    fs, _ = storage.resolve(manifest.url)
+    paths = [storage.resolve(u)[1] for u in manifest.shard_urls("train")]
+    scheme = manifest.url.split("://", 1)[0] + "://" if "://" in manifest.url and not manifest.url.startswith("file://") else ""
+    ds = ray.data.read_parquet(
+        paths,
+        filesystem=fs,
+        columns=["image", "label", "id"],
+        include_paths=True,
+        # A new file order every epoch (the rows inside each shard were shuffled once by prepare).
+        shuffle=FileShuffleConfig(seed=seed),
+    )
+    return ds.map_batches(
+        decode_batch,
+        fn_kwargs={
+            "num_classes": manifest.num_classes,
+            "size": size,
+            "augment": size >= CPU_AUGMENT_MIN_SIZE,
+            "lookup": lookup,
+            "url_prefix": scheme,
+            "skip_invalid": skip_invalid,
+            "counter": counter,
+        },
+        batch_format="numpy",
+        batch_size=decode_batch_size,
+        concurrency=decode_concurrency,
+    )
+
+
+class RayBatchSource:
+    """:class:`twohead.loop.BatchSource` over this worker's ``streaming_split`` shard."""
+
+    def __init__(self, shard: Any, *, batch_size: int, num_samples: int, augmented: bool,
+                 prefetch_batches: int = 4, shuffle_buffer: int | None = None, seed: int = 0):
+        self.shard = shard
+        self.batch_size = max(1, int(batch_size))
+        self.num_samples = int(num_samples)
+        self.augmented = bool(augmented)
+        self.prefetch_batches = prefetch_batches
+        # Local shuffle across a few batches: rows inside shards are already in random order.
+        self.shuffle_buffer = shuffle_buffer if shuffle_buffer is not None else 4 * self.batch_size
+        self.seed = seed
+        # BatchNorm cannot train on a batch of one: drop the last batch only when it would be a single row.
+        self.drop_last = self.num_samples % self.batch_size == 1
+
+    def batches(self, epoch: int) -> Iterator[tuple[Any, Any, Any]]:
+        it = self.shard.iter_torch_batches(
+            batch_size=self.batch_size,
+            prefetch_batches=self.prefetch_batches,
+            local_shuffle_buffer_size=self.shuffle_buffer or None,
+            local_shuffle_seed=self.seed * 100_003 + epoch if self.shuffle_buffer else None,
+            drop_last=self.drop_last,
+        )
+        for b in it:
+            yield b["image"], b["label"], b["cluster"]
+
+
+# --------------------------------------------------------------------------------------------
+# Eval splits and LTData for a Ray run
+# --------------------------------------------------------------------------------------------
+def _read_split_table(manifest: Manifest, split: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.resolve(manifest.url)
+    tables = []
+    for u in manifest.shard_urls(split):
+        with storage._errors(u, "read"):
+            tables.append(pq.read_table(storage.resolve(u)[1], filesystem=fs, columns=["image", "label", "id", "pos"]))
+    t = pa.concat_tables(tables) if tables else None
+    return t.sort_by("pos") if t is not None else None
+
+
+def load_split(manifest: Manifest, split: str, *, cache_dir: str | Path | None = None, skip_invalid: bool = False):
+    """A val/test split as a :class:`twohead.data.Split`: decoded in memory for small images, else the encoded
+    bytes are written once to ``cache_dir`` and the split is file-backed (decoded by the loop's loader)."""
+    from twohead.data import Split
+    from twohead.data.sources import decode_bytes, fit_size
+
+    t = _read_split_table(manifest, split)
+    labels = t.column("label").to_numpy().astype(np.int64)
+    ids = t.column("id").to_numpy().astype(np.int64)
+    blobs = t.column("image").to_pylist()
+    C, size = manifest.num_classes, manifest.image_size
+    shard = f"the {split} shards of {manifest.url}"
+    keep = np.ones(len(labels), dtype=bool)
+    for i in np.flatnonzero((labels < 0) | (labels >= C)).tolist():
+        if not skip_invalid:
+            raise RowError(f"{shard}: row id {int(ids[i])}: label {int(labels[i])} outside [0, {C})")
+        keep[i] = False
+    if size < CPU_AUGMENT_MIN_SIZE:
+        images = np.empty((len(labels), size, size, 3), dtype=np.uint8)
+        for i, b in enumerate(blobs):
+            if not keep[i]:
+                continue
+            try:
+                images[i] = fit_size(decode_bytes(b), size).permute(1, 2, 0).numpy()
+            except ValueError as e:
+                if not skip_invalid:
+                    raise RowError(f"{shard}: row id {int(ids[i])}: undecodable image: {e}") from None
+                keep[i] = False
+        return Split(labels[keep], ids[keep], images=images[keep], image_size=size)
+    folder = Path(cache_dir or tempfile.mkdtemp(prefix="twohead-eval-")) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for rid, b in zip(ids.tolist(), blobs):
+        p = folder / f"{rid}.img"
+        if not p.is_file():
+            tmp = p.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(b)
+            os.replace(tmp, p)
+        files.append(str(p))
+    return Split(labels[keep], ids[keep], files=[f for f, k in zip(files, keep) if k], image_size=size)
+
+
+def ltdata_from_manifest(manifest: Manifest, *, with_eval: bool = True, cache_dir: str | Path | None = None,
+                         skip_invalid: bool = False):
+    """:class:`twohead.data.LTData` of a Ray run: class counts from the manifest, val/test from their shards.
+
+    The train split is streamed (:func:`train_dataset`), so ``LTData.train`` only carries labels (for the class
+    counts of Eq. 3 and the LT metrics) and 1-pixel placeholder images that take no memory. ``with_eval``
+    False (DDP ranks other than 0, which do not evaluate) gives an empty test split and no val split.
+    """
+    from twohead.data import LTData, Split
+
+    counts = np.asarray(manifest.class_counts, dtype=np.int64)
+    n = int(counts.sum())
+    placeholder = np.broadcast_to(np.zeros((1, 1, 1, 3), dtype=np.uint8), (n, 1, 1, 3))
+    train = Split(np.repeat(np.arange(len(counts)), counts), np.arange(n), images=placeholder,
+                  image_size=manifest.image_size)
+    if with_eval:
+        val = load_split(manifest, "val", cache_dir=cache_dir, skip_invalid=skip_invalid) if "val" in manifest.splits else None
+        test = load_split(manifest, "test", cache_dir=cache_dir, skip_invalid=skip_invalid)
+    else:
+        val = None
+        test = Split(np.zeros(0, np.int64), np.zeros(0, np.int64), images=np.zeros((0, 1, 1, 3), np.uint8),
+                     image_size=manifest.image_size)
+    return LTData(
+        name=manifest.dataset,
+        class_names=list(manifest.class_names),
+        num_classes=manifest.num_classes,
+        image_size=manifest.image_size,
+        mean=tuple(manifest.mean),
+        std=tuple(manifest.std),
+        train=train,
+        val=val,
+        test=test,
+        notes=[f"streamed from {manifest.url}"],
+    )

@@ -1,0 +1,375 @@
+"""Train on a Ray cluster: Ray Train workers stream shards and run :func:`twohead.loop.fit` (a ``ray job`` entry point).
+
+    python -m rayjobs.train --data s3://bucket/datasets/cifar10-lt-imb100 --storage s3://bucket/runs \\
+        --name c10-twohead-s0 --preset cifar10-lt --num-workers 4 --use-gpu --max-failures 3
+
+- ``TorchTrainer`` + ``ScalingConfig(num_workers, use_gpu)``; ``--num-workers MIN-MAX`` is elastic training.
+- ``RunConfig(name, storage_path, failure_config=FailureConfig(max_failures))``: Ray Train keeps the
+  checkpoints under ``<storage>/<name>/``; a failed worker group restarts from the latest one, and running
+  the same command again (same ``--name``) resumes the run instead of starting over.
+- The per-worker function is thin: config -> :class:`~rayjobs.stream.RayBatchSource` over
+  ``ray.train.get_dataset_shard("train")`` + :class:`RayReporter` -> ``twohead.loop.fit``.
+- Rank 0's result folder (``config.yaml``, ``history.jsonl``, ``metrics.json``, plots) is uploaded to
+  ``<storage>/<name>/results/``, ``metrics.json`` last.
+
+Everything that can be checked before workers start is: the storage is reachable, the dataset matches its
+manifest (sha256 with ``--verify full``), labels lie in [0, C), the cluster labels cover every train id, and
+the cluster can ever hold ``--num-workers`` workers.
+
+Fault injection (tests, drills): ``TWOHEAD_FAIL_AT_EPOCH=k`` kills rank 0 once, at the end of epoch k before
+its report, and records that in ``<storage>/<name>/_fault-injected-epoch<k>`` so the retry passes;
+``TWOHEAD_FAIL_MODE=raise`` raises instead of SIGKILL.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rayjobs import storage
+from rayjobs.storage import DatasetError, Manifest
+
+__all__ = [
+    "InsufficientResourcesError",
+    "parse_workers",
+    "check_capacity",
+    "check_train_labels",
+    "RayReporter",
+    "train_loop_per_worker",
+    "run",
+    "main",
+]
+
+log = logging.getLogger("rayjobs.train")
+
+STATE_FILE = "state.pt"
+
+
+class InsufficientResourcesError(ValueError):
+    """``--num-workers`` asks for more than the cluster can ever provide."""
+
+
+# --------------------------------------------------------------------------------------------
+# Checks before anything starts
+# --------------------------------------------------------------------------------------------
+def parse_workers(text: str | int) -> int | tuple[int, int]:
+    """``"4"`` -> 4, ``"2-8"`` -> (2, 8) (elastic)."""
+    s = str(text).strip()
+    try:
+        if "-" in s:
+            lo, hi = (int(p) for p in s.split("-", 1))
+            if not 1 <= lo <= hi:
+                raise ValueError
+            return (lo, hi) if lo < hi else lo
+        n = int(s)
+        if n < 1:
+            raise ValueError
+        return n
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--num-workers {text!r} must be N >= 1 or MIN-MAX with 1 <= MIN <= MAX") from None
+
+
+def check_capacity(num_workers: int | tuple[int, int], use_gpu: bool, cpus_per_worker: float = 1.0,
+                   data_cpus: float = 1.0) -> dict[str, float]:
+    """Raise :class:`InsufficientResourcesError` if the cluster can never hold the (minimum) worker group.
+
+    The ceiling is the autoscaler's maximum when the cluster was launched with one (``cluster.yaml``), else
+    the resources of the nodes up now (a fixed cluster). Ray Data's decoding needs ``data_cpus`` besides
+    the workers' CPUs, or the stream would wait forever.
+    """
+    import ray
+
+    need_workers = num_workers[0] if isinstance(num_workers, tuple) else num_workers
+    ceiling = None
+    try:
+        from ray._private.state import state
+
+        ceiling = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - older Ray / no autoscaler state: fall back to the live cluster
+        ceiling = None
+    source = "the autoscaler's maximum (cluster config)"
+    if not ceiling:
+        ceiling, source = ray.cluster_resources(), "the cluster's nodes (no autoscaler configured)"
+    need = {"CPU": need_workers * cpus_per_worker + data_cpus}
+    if use_gpu:
+        need["GPU"] = float(need_workers)
+    for res, amount in need.items():
+        have = float(ceiling.get(res, 0))
+        if amount > have:
+            extra = f" ({need_workers} workers x {cpus_per_worker:g} CPU + {data_cpus:g} CPU for Ray Data)" if res == "CPU" else ""
+            raise InsufficientResourcesError(
+                f"--num-workers {need_workers} needs {amount:g} {res}{extra}, but {source} has {have:g} {res}; "
+                f"use at most --num-workers {int(max(0, (have - (data_cpus if res == 'CPU' else 0)) // (cpus_per_worker if res == 'CPU' else 1)))}"
+                f" or a larger cluster"
+            )
+    return {k: float(v) for k, v in ceiling.items() if k in ("CPU", "GPU")}
+
+
+def check_train_labels(manifest: Manifest) -> None:
+    """Every train label lies in [0, C) (reads only the label/id columns; names shard and row id)."""
+    import pyarrow.parquet as pq
+
+    from rayjobs.stream import RowError
+
+    fs, _ = storage.resolve(manifest.url)
+    C = manifest.num_classes
+    for u in manifest.shard_urls("train"):
+        with storage._errors(u, "read"):
+            t = pq.read_table(storage.resolve(u)[1], filesystem=fs, columns=["label", "id"])
+        y = t.column("label").to_numpy()
+        bad = np.flatnonzero((y < 0) | (y >= C))
+        if len(bad):
+            i = int(bad[0])
+            raise RowError(f"shard {u}: row id {int(t.column('id')[i].as_py())}: label {int(y[i])} outside [0, {C}) "
+                           f"({len(bad)} such rows in this shard)")
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side
+# --------------------------------------------------------------------------------------------
+class RayReporter:
+    """:class:`twohead.loop.Reporter` backed by ``ray.train.report`` / ``ray.train.get_checkpoint``.
+
+    Rank 0 attaches a checkpoint (a temp folder with ``state.pt``) on checkpoint epochs; every rank reports.
+    On restore, rank 0 also re-creates ``history.jsonl`` from the checkpoint, so the uploaded results hold
+    the whole run, not only the epochs after the restart.
+    """
+
+    def __init__(self, out_dir: Path, rank: int, fault: dict[str, Any] | None = None):
+        self.out_dir = Path(out_dir)
+        self.rank = rank
+        self.fault = fault or {}
+        self.restored_epoch: int | None = None
+
+    def restore(self) -> dict | None:
+        import ray.train
+        import torch
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        self.restored_epoch = int(state["epoch"])
+        if self.rank == 0 and state.get("history"):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
+        return state
+
+    def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
+        import ray.train
+        import torch
+        from ray.train import Checkpoint
+
+        self._maybe_fail(int(metrics["epoch"]))
+        if make_state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="twohead-ckpt-") as d:
+            torch.save(make_state(), Path(d) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    def _maybe_fail(self, epoch: int) -> None:
+        at, marker = self.fault.get("at_epoch"), self.fault.get("marker")
+        if self.rank != 0 or not at or epoch != int(at) or not marker or storage.exists(marker):
+            return
+        storage.write_bytes(marker, f"killed rank 0 at the end of epoch {epoch}\n".encode())
+        if self.fault.get("mode") == "raise":
+            raise RuntimeError(f"injected failure at epoch {epoch} (TWOHEAD_FAIL_AT_EPOCH)")
+        os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-run, as on a preempted node
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """What each Ray Train worker runs: build the inputs, call the one training loop, upload rank 0's results."""
+    import ray
+    import ray.train
+
+    from rayjobs.stream import CPU_AUGMENT_MIN_SIZE, RayBatchSource, ltdata_from_manifest
+    from twohead.config import TrainConfig
+    from twohead.loop import fit
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = TrainConfig.from_dict(config["cfg"])
+    manifest = Manifest.from_json(config["manifest"], url=config["data_url"])
+    out_dir = Path(tempfile.mkdtemp(prefix=f"twohead-{cfg.run_name()}-"))
+    data = ltdata_from_manifest(manifest, with_eval=rank == 0, cache_dir=out_dir.parent / f"{out_dir.name}-eval",
+                                skip_invalid=config["skip_invalid"])
+    source = RayBatchSource(
+        ray.train.get_dataset_shard("train"),
+        batch_size=cfg.optim.batch_size // world,
+        num_samples=manifest.splits["train"].num_rows // world,
+        augmented=manifest.image_size >= CPU_AUGMENT_MIN_SIZE,
+        prefetch_batches=config["prefetch_batches"],
+        seed=cfg.optim.seed,
+    )
+    reporter = RayReporter(out_dir, rank, config.get("fault"))
+    metrics = fit(cfg, out_dir=out_dir, data=data, train_source=source, reporter=reporter)
+    if rank == 0:
+        if config.get("counter") is not None:
+            summary = ray.get(config["counter"].summary.remote())
+            (out_dir / "data_report.json").write_text(json.dumps(summary, indent=1) + "\n")
+            metrics["skipped_rows"] = summary["skipped"]
+        storage.upload_dir(out_dir, config["results_url"])
+    return {"metrics": metrics, "restored_epoch": reporter.restored_epoch, "rank": rank, "world": world}
+
+
+# --------------------------------------------------------------------------------------------
+# Driver side
+# --------------------------------------------------------------------------------------------
+def _apply_manifest(cfg: Any, manifest: Manifest) -> Any:
+    """The run's data section is the one the shards were built from (recorded in config.yaml)."""
+    from twohead.config import apply_overrides
+
+    known = {f for f in type(cfg.data).__dataclass_fields__}
+    over = {f"data.{k}": v for k, v in manifest.data_config.items() if k in known and k not in ("root", "num_workers")}
+    out = apply_overrides(cfg, over)
+    return out.validate()
+
+
+def run(
+    cfg: Any,
+    *,
+    data_url: str,
+    storage_url: str,
+    name: str,
+    num_workers: int | tuple[int, int] = 1,
+    use_gpu: bool = False,
+    max_failures: int = 0,
+    cpus_per_worker: float = 1.0,
+    labels: str | None = None,
+    skip_invalid: bool | None = None,
+    verify: str = "full",
+    prefetch_batches: int = 4,
+    fail_at_epoch: int | None = None,
+    fail_mode: str = "kill",
+) -> dict[str, Any]:
+    """Check everything, then run the TorchTrainer; returns rank 0's final metrics plus run facts.
+
+    Connects to Ray (``ray.init()`` picks up the job's cluster) unless already connected.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rayjobs.labels import check_labels_file, ensure_labels
+    from rayjobs.stream import SkipCounter, train_dataset
+    from twohead.division import DivisionPlan
+
+    if "/" in name or not name or name in (".", ".."):
+        raise ValueError(f"--name {name!r} must be a plain folder name")
+    if verify not in ("full", "size"):
+        raise ValueError(f"verify={verify!r}; allowed: full (sha256), size")
+    storage.check_reachable(storage_url)
+    manifest = storage.verify_dataset(data_url, checksums=verify == "full")
+    cfg = _apply_manifest(cfg, manifest)
+    cfg.run.name = name
+    skip = cfg.data.skip_corrupt if skip_invalid is None else skip_invalid
+    if not skip:
+        check_train_labels(manifest)
+
+    lookup = None
+    labels_url = None
+    if cfg.spec.cdh:
+        plan = DivisionPlan.from_counts(manifest.class_counts, cfg.method.u, cfg.method.rounding)
+        labels_url = labels or ensure_labels(manifest, cfg.method)
+        lookup = check_labels_file(manifest, labels_url, plan)
+
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    check_capacity(num_workers, use_gpu, cpus_per_worker)
+
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    counter = ray.remote(SkipCounter).options(num_cpus=0).remote() if skip else None
+    ds = train_dataset(manifest, lookup=lookup, skip_invalid=skip, counter=counter, seed=cfg.optim.seed)
+
+    fs, storage_path = storage.resolve(storage_url)
+    run_url = storage.join(storage_url, name)
+    fault = None
+    if fail_at_epoch:
+        fault = {"at_epoch": int(fail_at_epoch), "mode": fail_mode, "marker": storage.join(run_url, f"_fault-injected-epoch{int(fail_at_epoch)}")}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.to_dict(),
+            "manifest": manifest.to_json(),
+            "data_url": manifest.url,
+            "results_url": storage.join(run_url, "results"),
+            "skip_invalid": skip,
+            "counter": counter,
+            "prefetch_batches": prefetch_batches,
+            "fault": fault,
+        },
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": ds},
+    )
+    result = trainer.fit()
+    out = dict(result.return_value or {})
+    out.update({"run_url": run_url, "results_url": storage.join(run_url, "results"), "labels_url": labels_url,
+                "checkpoint": result.checkpoint.path if result.checkpoint else None})
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rayjobs.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="prepared dataset URL, e.g. s3://bucket/datasets/cifar10-lt-imb100")
+    p.add_argument("--storage", required=True, help="run storage URL (checkpoints, results), e.g. s3://bucket/runs")
+    p.add_argument("--name", required=True, help="run name: the same name resumes the run")
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--preset", help="named preset (cifar10-lt, imagenet-lt, imagenet-lt-standin, smoke, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--num-workers", type=parse_workers, default=1, help="N, or MIN-MAX for elastic training")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts from the latest checkpoint")
+    p.add_argument("--labels", help="cluster labels file URL (default: <data>/labels/..., computed if missing)")
+    p.add_argument("--skip-invalid", action="store_true", default=None,
+                   help="drop rows with a bad label or an undecodable image (counted in results/data_report.json)")
+    p.add_argument("--verify", choices=("full", "size"), default="full", help="check shards by sha256 (full) or size only")
+    p.add_argument("--prefetch-batches", type=int, default=4)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from twohead.config import ConfigError, load_config
+    from twohead.data import DataError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
+        out = run(
+            cfg, data_url=args.data, storage_url=args.storage, name=args.name, num_workers=args.num_workers,
+            use_gpu=args.use_gpu, max_failures=args.max_failures, cpus_per_worker=args.cpus_per_worker,
+            labels=args.labels, skip_invalid=args.skip_invalid, verify=args.verify, prefetch_batches=args.prefetch_batches,
+            fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
+            fail_mode=os.environ.get("TWOHEAD_FAIL_MODE", "kill"),
+        )
+    except (ConfigError, DataError, DatasetError, storage.StorageError, InsufficientResourcesError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = out.get("metrics") or {}
+    keys = ("top1", "many", "medium", "few", "epochs", "train_img_per_s")
+    print(json.dumps({k: m.get(k) for k in keys} | {"results": out["results_url"], "restored_epoch": out.get("restored_epoch")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

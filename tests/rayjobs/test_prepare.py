@@ -1,0 +1,293 @@
+"""rayjobs.prepare / storage / labels and the ImageNet-LT stand-in, against real files and a real (moto) S3 server.
+
+No Ray here: shards, manifests, cluster labels and the storage error paths are plain pyarrow + numpy.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from rayjobs import labels, prepare, storage
+from rayjobs.storage import DatasetError, StorageError
+
+TINY = ["data.train_fraction=0.05", "data.eval_fraction=0.02"]
+
+
+def tiny_cfg(*extra: str):
+    from twohead.config import load_config
+
+    return load_config(preset="smoke", overrides=[*TINY, *extra])
+
+
+def read_split(url: str, split: str):
+    """(images sorted by pos, labels, ids) decoded from a prepared split with plain pyarrow + PIL."""
+    from PIL import Image
+
+    m = storage.read_manifest(url)
+    fs, _ = storage.resolve(url)
+    tables = [pq.read_table(storage.resolve(u)[1], filesystem=fs) for u in m.shard_urls(split)]
+    import pyarrow as pa
+
+    t = pa.concat_tables(tables).sort_by("pos")
+    imgs = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in t.column("image").to_pylist()])
+    return imgs, t.column("label").to_numpy(), t.column("id").to_numpy(), t
+
+
+@pytest.fixture(scope="module")
+def data(data_root):
+    from twohead.data import build_data
+
+    return build_data(tiny_cfg().data)
+
+
+@pytest.fixture(scope="module")
+def local_ds(data_root, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("shards")
+    m = prepare.prepare(tiny_cfg(), str(out))
+    return m.url
+
+
+@pytest.fixture()
+def bucket(s3_server) -> str:
+    return s3_server.make_bucket(f"prep-{uuid.uuid4().hex[:8]}")
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------
+def test_shards_hold_exactly_build_data(local_ds, data):
+    m = storage.verify_dataset(local_ds)
+    assert m.class_counts == data.class_counts.tolist()
+    assert m.num_classes == 10 and m.image_size == 32 and m.image_format == "webp"
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        imgs, y, ids, t = read_split(local_ds, name)
+        assert m.splits[name].num_rows == len(split)
+        np.testing.assert_array_equal(ids, split.ids)
+        np.testing.assert_array_equal(y, split.labels)
+        np.testing.assert_array_equal(imgs, split.images)  # lossless WebP: bit-exact pixels
+        assert t.schema.field("label").type == "int32" and t.schema.field("id").type == "int64"
+    # Train rows are stored shuffled (streaming readers only shuffle locally), val/test in order.
+    _, _, _, t = read_split(local_ds, "train")
+    stored_pos = pq.read_table(storage.resolve(storage.join(local_ds, m.splits["train"].shards[0].path))[1]).column("pos").to_numpy()
+    assert not np.array_equal(stored_pos, np.sort(stored_pos))
+    assert not any(f.startswith("_tmp-") or "/_tmp-" in f for f in storage.list_files(local_ds))
+
+
+def test_prepare_to_s3_matches_local(local_ds, bucket):
+    m = prepare.prepare(tiny_cfg(), f"s3://{bucket}/datasets")
+    assert m.url == f"s3://{bucket}/datasets/cifar10-lt-imb100-f0.05-0.02"
+    storage.verify_dataset(m.url)
+    local = storage.read_manifest(local_ds)
+    # Encoding is deterministic: the same shards, byte for byte, whatever the store.
+    assert [s.sha256 for s in m.splits["train"].shards] == [s.sha256 for s in local.splits["train"].shards]
+    files = storage.list_files(m.url)
+    assert "manifest.json" in files and any(f.startswith("train/part-") for f in files)
+    assert not any("_tmp-" in f for f in files)
+
+
+def test_refuses_to_overwrite_then_overwrites(tmp_path, data_root):
+    m = prepare.prepare(tiny_cfg(), str(tmp_path), name="ds")
+    before = {f: storage.sha256(storage.join(m.url, f))[0] for f in storage.list_files(m.url)}
+    with pytest.raises(prepare.DatasetExistsError, match="complete dataset.*--overwrite"):
+        prepare.prepare(tiny_cfg(), str(tmp_path), name="ds")
+    assert prepare.main(["--out", str(tmp_path), "--name", "ds", "--preset", "smoke", *sum([["--set", s] for s in TINY], [])]) == 2
+    assert {f: storage.sha256(storage.join(m.url, f))[0] for f in storage.list_files(m.url)} == before
+
+    # --overwrite replaces the dataset and drops cluster labels derived from the old rows.
+    labels.ensure_labels(m, tiny_cfg().method)
+    assert any(f.startswith("labels/") for f in storage.list_files(m.url))
+    m2 = prepare.prepare(tiny_cfg("data.imbalance=10"), str(tmp_path), name="ds", overwrite=True)
+    assert m2.class_counts != m.class_counts
+    assert storage.read_manifest(m.url).class_counts == m2.class_counts
+    assert not any(f.startswith("labels/") for f in storage.list_files(m.url))
+
+
+def test_interrupted_dataset_is_refused_and_reported(tmp_path, data_root):
+    ds = tmp_path / "ds"
+    (ds / "train").mkdir(parents=True)
+    (ds / "train" / "part-00000.parquet").write_bytes(b"half written")
+    with pytest.raises(prepare.DatasetExistsError, match="interrupted"):
+        prepare.prepare(tiny_cfg(), str(tmp_path), name="ds")
+    assert (ds / "train" / "part-00000.parquet").read_bytes() == b"half written"
+    with pytest.raises(DatasetError, match="no manifest.*--overwrite"):
+        storage.read_manifest(str(ds))
+
+
+def test_manifest_must_match_shards(local_ds, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(local_ds, copy)
+    m = storage.verify_dataset(str(copy))
+    shard = copy / m.splits["train"].shards[0].path
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, different content
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"train/part-00000\.parquet has sha256 .* the manifest says"):
+        storage.verify_dataset(str(copy))
+    storage.verify_dataset(str(copy), checksums=False)  # a size-only check cannot see it
+    shard.write_bytes(bytes(raw[:-10]))
+    with pytest.raises(DatasetError, match=r"part-00000\.parquet has \d+ bytes; the manifest says"):
+        storage.verify_dataset(str(copy), checksums=False)
+    shard.unlink()
+    with pytest.raises(DatasetError, match="does not exist"):
+        storage.verify_dataset(str(copy), checksums=False)
+
+
+def test_manifest_format_is_checked(local_ds, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(local_ds, copy)
+    d = json.loads((copy / "manifest.json").read_text())
+    d["format"] = "something-else/9"
+    (copy / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(DatasetError, match="format 'something-else/9'"):
+        storage.read_manifest(str(copy))
+
+
+# --------------------------------------------------------------------------------------------
+# Storage errors
+# --------------------------------------------------------------------------------------------
+def test_missing_bucket(s3_server, data_root):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket-x' does not exist"):
+        prepare.prepare(tiny_cfg(), "s3://no-such-bucket-x/datasets")
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.write_bytes("s3://no-such-bucket-x/a/b.json", b"{}")
+
+
+def test_unreachable_endpoint(s3_server, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("TWOHEAD_S3_RETRIES", "1")
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match="unreachable"):
+        storage.check_reachable("s3://any-bucket/datasets")
+    with pytest.raises(StorageError, match="unreachable"):
+        storage.read_manifest("s3://any-bucket/datasets/x")
+    assert time.monotonic() - t0 < 10
+
+
+def test_upload_dir_is_complete_when_marker_exists(tmp_path, bucket):
+    src = tmp_path / "run"
+    (src / "sub").mkdir(parents=True)
+    (src / "metrics.json").write_text('{"top1": 1}')
+    (src / "history.jsonl").write_text("{}\n")
+    (src / "sub" / "plot.png").write_bytes(b"png")
+    url = f"s3://{bucket}/runs/r/results"
+    rel = storage.upload_dir(src, url)
+    assert rel[-1] == "metrics.json"  # the completion marker is published last
+    assert storage.list_files(url) == ["history.jsonl", "metrics.json", "sub/plot.png"]
+    assert storage.read_json(f"{url}/metrics.json") == {"top1": 1}
+
+
+# --------------------------------------------------------------------------------------------
+# Cluster labels
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["random", "kmeans"])
+def test_labels_equal_the_local_runs_clusters(local_ds, data, method):
+    from twohead.loop import division_for
+
+    cfg = tiny_cfg(f"method.clustering={method}")
+    plan, local = division_for(cfg, data)
+    m = storage.read_manifest(local_ds)
+    ids, clusters, plan2 = labels.compute_clusters(m, method, cfg.method.u, cfg.method.rounding, cfg.method.cluster_seed)
+    assert plan2.u_per_class == plan.u_per_class
+    np.testing.assert_array_equal(ids, data.train.ids)
+    np.testing.assert_array_equal(clusters, local)
+
+
+def test_labels_file_roundtrip_and_checks(local_ds, tmp_path):
+    from twohead.division import DivisionPlan
+
+    m = storage.read_manifest(local_ds)
+    cfg = tiny_cfg()
+    url = labels.ensure_labels(m, cfg.method)
+    assert url == f"{local_ds}/labels/random-u10-rceil-s0.parquet"
+    assert labels.ensure_labels(m, cfg.method) == url  # computed once
+    with pytest.raises(FileExistsError):
+        labels.write_labels(m, "random", 10, "ceil", 0)
+    plan = DivisionPlan.from_counts(m.class_counts, 10, "ceil")
+    lookup = labels.check_labels_file(m, url, plan)
+    t = pq.read_table(storage.resolve(url)[1])
+    assert t.column_names == ["id", "cluster"]
+    np.testing.assert_array_equal(lookup(t.column("id").to_numpy()), t.column("cluster").to_numpy())
+
+    # Drop some ids: the error names how many, the first ids and the file.
+    partial = str(tmp_path / "partial.parquet")
+    pq.write_table(t.slice(7), partial)
+    with pytest.raises(labels.MissingClusterError, match=rf"partial\.parquet has no cluster for 7 of {len(t)} .*first: \["):
+        labels.check_labels_file(m, partial, plan)
+    # Clusters of another u put samples in another class's clusters.
+    other = labels.write_labels(m, "random", 3, "ceil", 0)
+    with pytest.raises(DatasetError, match="belongs to class"):
+        labels.check_labels_file(m, other, plan)
+
+
+# --------------------------------------------------------------------------------------------
+# ImageNet-LT stand-in
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_standin_has_real_counts_layout_and_learnable_classes(data_root, tmp_path):
+    from twohead.data import build_data
+    from twohead.data.standin import generate_standin
+
+    counts = json.loads((data_root / "imagenet_lt" / "train_class_counts.json").read_text())["counts"]
+    t0 = time.perf_counter()
+    folder = generate_standin(tmp_path / "standin", 32, seed=0, data_root=data_root, test_per_class=2)
+    took = time.perf_counter() - t0
+    print(f"stand-in: {sum(counts) + 20_000 + 2_000} JPEGs in {took:.1f}s")
+    assert generate_standin(folder, 32, seed=0, data_root=data_root, test_per_class=2) == folder  # cached
+
+    lists = folder / "imagenet_lt"
+    train = [ln.split() for ln in (lists / "ImageNet_LT_train.txt").read_text().splitlines()]
+    assert np.bincount([int(c) for _, c in train], minlength=1000).tolist() == counts  # the real 115,846
+    val = (lists / "ImageNet_LT_val.txt").read_text().splitlines()
+    real_val = (data_root / "imagenet_lt" / "ImageNet_LT_val.txt").read_text().splitlines()
+    assert val == real_val  # the real val list, paths and all
+    test = [ln.split() for ln in (lists / "ImageNet_LT_test.txt").read_text().splitlines()]
+    assert np.bincount([int(c) for _, c in test], minlength=1000).tolist() == [2] * 1000
+    assert all(p.startswith("val/") for p, _ in test) and all(p.startswith("train/") for p, _ in train)
+    assert not {p for p, _ in train} & {ln.split()[0] for ln in val}
+
+    # Read through the real ImageNet-LT code path (list files + image root), as build_data does.
+    cfg = tiny_cfg("data.dataset=imagenet-lt-standin", "data.image_size=32", f"data.path={folder}",
+                   "data.train_fraction=1", "data.eval_fraction=1")
+    d = build_data(cfg.data)
+    assert d.num_classes == 1000 and d.train.file_backed and len(d.train) == sum(counts)
+    assert d.class_counts.tolist() == counts and len(d.val) == 20_000 and len(d.test) == 2_000
+
+    # Learnable: nearest class-mean on raw pixels beats chance by far on 20 classes.
+    from PIL import Image
+
+    def load(split, cls, k):
+        idx = np.flatnonzero(split.labels == cls)[:k]
+        return np.stack([np.asarray(Image.open(split.files[i]), dtype=np.float32) for i in idx])
+
+    classes = list(range(0, 1000, 50))
+    means = np.stack([load(d.train, c, 5).mean(0) for c in classes])
+    correct = total = 0
+    for j, c in enumerate(classes):
+        x = load(d.val, c, 20)
+        pred = np.argmin(((x[:, None] - means[None]) ** 2).sum(axis=(2, 3, 4)), axis=1)
+        correct += int((pred == j).sum())
+        total += len(x)
+    assert correct / total > 0.5, f"nearest-mean accuracy {correct / total:.2f} on 20 classes (chance 0.05)"
+
+    # prepare copies the original JPEG bytes (no re-encoding) of file-backed data.
+    small = tiny_cfg("data.dataset=imagenet-lt-standin", "data.image_size=32", f"data.path={folder}",
+                     "data.train_fraction=0.01", "data.eval_fraction=0.05")
+    m = prepare.prepare(small, str(tmp_path / "shards"))
+    assert m.image_format == "jpeg" and m.num_classes == 1000 and m.image_size == 32
+    _, _, ids, t = read_split(m.url, "test")
+    sub = build_data(small.data)
+    by_id = dict(zip(sub.test.ids.tolist(), sub.test.files))
+    for rid, blob in list(zip(ids.tolist(), t.column("image").to_pylist()))[:50]:
+        assert Path(by_id[rid]).read_bytes() == blob

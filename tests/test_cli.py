@@ -1,0 +1,82 @@
+"""The `twohead` CLI end to end on real CIFAR-10 from ../shared/data (the smoke preset), plus bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from twohead.cli import main
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "twohead.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "TQDM_DISABLE": "1", **(env or {})}, timeout=600)
+
+
+def test_smoke_train_then_eval_on_real_cifar10(tmp_path, data_root):
+    out = tmp_path / "runs"
+    r = run_cli("train", "--preset", "smoke", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    (metrics_file,) = out.glob("*/metrics.json")
+    m = json.loads(metrics_file.read_text())
+    for key in ("top1", "per_class_recall", "many", "medium", "few"):
+        assert key in m
+    assert len(m["per_class_recall"]) == 10 and 0 <= m["top1"] <= 100
+    assert m["clusters_per_class"][0] == 10 and m["clusters_per_class"][-1] == 1  # Eq. 3 with u = 10
+    assert m["class_counts"][0] > m["class_counts"][-1]  # long-tailed
+    e = run_cli("eval", str(metrics_file.parent), "--set", "data.eval_fraction=0.1")
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert json.loads(e.stdout)["top1"] == pytest.approx(m["top1"])  # same checkpoint, same test subset
+
+
+def test_describe_prints_ldam_counts_and_eq3(data_root, capsys):
+    assert main(["describe", "--preset", "cifar10-lt", "--set", "data.val_per_class=0"]) == 0
+    out = capsys.readouterr().out
+    assert "train 12406  classes 10" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    counts = [int(r[-2]) for r in rows]
+    assert counts == [int(5000 * 0.01 ** (c / 9)) for c in range(10)]
+    assert [int(r[-1]) for r in rows][0] == 10
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--set", "method.u=0"], "method.u=0 must be an integer >= 1"),
+        (["--set", "method.alpha=1.5"], "method.alpha=1.5 must be in (0, 1]"),
+        (["--set", "method.lam=-1"], "must be >= 0"),
+        (["--set", "model.backbone=resnet7"], "model.backbone='resnet7' is unknown"),
+        (["--set", "data.dataset=svhn"], "data.dataset='svhn' is unknown"),
+        (["--set", "method.name=bbn"], "method.name='bbn' is unknown"),
+        (["--set", "data.root=/nonexistent/twohead"], "/nonexistent/twohead"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(tmp_path, args, match, capsys):
+    out = tmp_path / "runs"
+    assert main(["train", "--preset", "smoke", "--out", str(out), *args]) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_corrupt_image_is_named(tmp_path, capsys):
+    # a folder dataset with one truncated PNG: the error names the file; nothing is written
+    root = tmp_path / "imgs"
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("a", "b"):
+            d = root / split / c if split == "test" else root / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(d / f"{i}.png")
+    (root / "a" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "runs"
+    rc = main(["train", "--out", str(out), "--set", "data.dataset=folder", "--set", f"data.path={root}",
+               "--set", "data.val_per_class=0", "--set", "method.u=2", "--set", "optim.epochs=1",
+               "--set", "optim.warmup_epochs=0"])
+    assert rc == 2
+    assert "3.png" in capsys.readouterr().err
+    assert not out.exists()
