@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-from twohead.config import apply_overrides, load_config
+from twohead.config import load_config
 from twohead.division import DivisionPlan, assign_clusters
 from twohead.loop import DeviceSource, Step, _amp_dtype, _use_graphs, build_training, resolve_device
 

@@ -12,14 +12,12 @@ sets one up); per-epoch reporting and checkpoint storage go through a :class:`Re
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
@@ -28,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from .augment import normalize, random_crop_flip, to_nchw
-from .config import DEFERRED_REWEIGHT, ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig
 from .division import DivisionPlan, assign_clusters, pixel_embedding, soft_label_matrix
 from .heads import HeadOutput
 

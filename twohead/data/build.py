@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 
-import numpy as np
 
 from twohead.config import DATASETS, DataConfig, data_root
 from twohead.data.plan import DatasetPlan
@@ -62,27 +61,8 @@ def describe_counts(cfg: DataConfig) -> dict:
     (for CIFAR only the Parquet label column is read). Keys: dataset, num_classes, class_names, image_size,
     file_backed, train_counts, train_total, imbalance, val_counts, val_total, test_counts, test_total, notes."""
     if cfg.dataset == "imagenet-lt-standin":
-        from twohead.data import standin
+        from twohead.data.standin import plan_standin  # generates the stand-in once (cached), then plans
 
-        if hasattr(standin, "plan_standin"):  # generates the stand-in once (cached), then plans without decoding
-            plan = standin.plan_standin(cfg, data_root(cfg.root))
-            return plan.with_fractions(cfg.train_fraction, cfg.eval_fraction, cfg.lt_seed).counts()
-        data = build_data(cfg)
-        C = data.num_classes
-        tr = data.class_counts
-        return {
-            "dataset": data.name,
-            "num_classes": C,
-            "class_names": list(data.class_names),
-            "image_size": data.image_size,
-            "file_backed": data.train.file_backed,
-            "train_counts": tr.tolist(),
-            "train_total": int(tr.sum()),
-            "imbalance": float(tr.max() / max(tr.min(), 1)),
-            "val_counts": None if data.val is None else np.bincount(data.val.labels, minlength=C).tolist(),
-            "val_total": 0 if data.val is None else len(data.val),
-            "test_counts": np.bincount(data.test.labels, minlength=C).tolist(),
-            "test_total": len(data.test),
-            "notes": list(data.notes),
-        }
+        plan = plan_standin(cfg, data_root(cfg.root))
+        return plan.with_fractions(cfg.train_fraction, cfg.eval_fraction, cfg.lt_seed).counts()
     return plan_data(cfg).counts()
