@@ -30,16 +30,16 @@ from rayjobs import storage
 from rayjobs.storage import DatasetError, Manifest
 
 __all__ = [
-    "MissingClusterError",
     "ClusterLookup",
-    "labels_url",
-    "read_train_columns",
-    "compute_clusters",
-    "write_labels",
-    "ensure_labels",
-    "load_lookup",
+    "MissingClusterError",
     "check_labels_file",
+    "compute_clusters",
+    "ensure_labels",
+    "labels_url",
+    "load_lookup",
     "main",
+    "read_train_columns",
+    "write_labels",
 ]
 
 log = logging.getLogger("rayjobs.labels")

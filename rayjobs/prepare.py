@@ -26,21 +26,22 @@ import argparse
 import datetime as _dt
 import hashlib
 import io
+import itertools
 import logging
 import math
 import os
 import sys
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing import get_context
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from rayjobs import storage
 from rayjobs.storage import DatasetError, Manifest, ShardInfo, SplitInfo
 
-__all__ = ["prepare", "default_name", "encode_images", "write_shard_table", "DatasetExistsError", "main"]
+__all__ = ["DatasetExistsError", "default_name", "encode_images", "main", "prepare", "write_shard_table"]
 
 log = logging.getLogger("rayjobs.prepare")
 
@@ -82,16 +83,20 @@ def _encode_chunk(args: tuple[np.ndarray, str]) -> list[bytes]:
     return out
 
 
-def encode_images(images: np.ndarray, fmt: str, processes: int | None = None, chunk: int = 512) -> list[bytes]:
-    """Encode uint8 [N, H, W, 3] images as ``webp`` (lossless) or ``jpeg`` (q95), in parallel processes."""
+def encode_images(images: np.ndarray, fmt: str, threads: int | None = None, chunk: int = 512) -> list[bytes]:
+    """Encode uint8 [N, H, W, 3] images as ``webp`` (lossless) or ``jpeg`` (q95), on ``threads`` threads.
+
+    Threads, not processes: Pillow's encoders release the GIL (lossless WebP, the CIFAR case, scales with
+    the cores), and the caller may be a Ray driver whose threads a fork would copy.
+    """
     if fmt not in ("webp", "jpeg"):
         raise ValueError(f"image format {fmt!r} is unknown; allowed: webp, jpeg")
     chunks = [(images[i : i + chunk], fmt) for i in range(0, len(images), chunk)]
-    procs = min(processes or len(os.sched_getaffinity(0)), len(chunks))
-    if procs <= 1:
+    n = min(threads or len(os.sched_getaffinity(0)), len(chunks))
+    if n <= 1:
         return [b for c in chunks for b in _encode_chunk(c)]
-    with get_context("fork").Pool(procs) as pool:
-        return [b for part in pool.imap(_encode_chunk, chunks) for b in part]
+    with ThreadPoolExecutor(n) as ex:
+        return [b for part in ex.map(_encode_chunk, chunks) for b in part]
 
 
 def _read_files(paths: Sequence[str], threads: int = 16) -> list[bytes]:
@@ -146,7 +151,7 @@ def _plan_shards(n: int, avg_bytes: float, rows_per_shard: int | None) -> list[t
         rows_per_shard = max(ROW_GROUP_ROWS, min(by_size, math.ceil(n / MIN_SHARDS)))
     k = max(1, math.ceil(n / rows_per_shard))
     edges = np.linspace(0, n, k + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +165,7 @@ def prepare(
     overwrite: bool = False,
     rows_per_shard: int | None = None,
     shuffle_seed: int = 0,
-    processes: int | None = None,
+    threads: int | None = None,
 ) -> Manifest:
     """Build ``cfg.data`` with :func:`twohead.data.build_data` and publish it as shards under ``out/name``.
 
@@ -193,7 +198,7 @@ def prepare(
             order = np.random.default_rng(shuffle_seed).permutation(n) if split_name == "train" else np.arange(n)
             if split.images is not None:
                 fmt = "webp" if max(split.images.shape[1:3]) <= 64 else "jpeg"
-                blobs = encode_images(split.images[order], fmt, processes)
+                blobs = encode_images(split.images[order], fmt, threads)
             else:
                 blobs = _read_files([split.files[i] for i in order.tolist()])
                 fmt = _file_format(blobs)
@@ -262,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out/--name")
     p.add_argument("--rows-per-shard", type=int, help="rows per Parquet shard (default: ~64 MiB shards, at least 4)")
     p.add_argument("--shuffle-seed", type=int, default=0, help="seed of the train rows' write order")
-    p.add_argument("--processes", type=int, help="encoder processes (default: all cores)")
+    p.add_argument("--threads", type=int, help="encoder threads (default: all cores)")
     return p
 
 
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
         m = prepare(cfg, args.out, name=args.name, overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
-                    shuffle_seed=args.shuffle_seed, processes=args.processes)
+                    shuffle_seed=args.shuffle_seed, threads=args.threads)
     except (ConfigError, DataError, DatasetError, storage.StorageError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

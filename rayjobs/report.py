@@ -10,6 +10,11 @@ compared. Trials that ASHA stopped early appear in Optuna as COMPLETE with the v
 epoch (notes/ray-2.60.md), which is not comparable to a fully trained trial's: the best is therefore picked
 among trials that trained every epoch, and only when none did, among all completed ones.
 
+The study side lives here too, so that it can be used without Ray: opening the storage (an ``RDBStorage``:
+SQLite file by default, PostgreSQL on clusters) with a clear error when it cannot be opened, refusing a study of
+the other direction before any trial, and the search record in the results folder (``search_space.yaml``,
+``search.json``) that makes a re-run a resume and lets ``--retrain-best`` find the search.
+
 Ray-free (Optuna, pandas, matplotlib): ``python -m rayjobs.report DIR`` rebuilds a report from a search folder.
 """
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:  # optuna is imported lazily: `import rayjobs.report` stays cheap
     import optuna
@@ -443,6 +448,16 @@ def space_dict(spec: "SearchSpec") -> dict[str, Any]:
     }
 
 
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def save_search_folder(out_dir: Path, spec: "SearchSpec", storage_url: str, experiment: str) -> None:
     """Record the search in ``out_dir`` (first run), or check that a re-run is the same search (resume).
 
@@ -457,16 +472,14 @@ def save_search_folder(out_dir: Path, spec: "SearchSpec", storage_url: str, expe
     new = space_dict(spec)
     path = out_dir / SPACE_FILE
     if path.is_file():
-        old = space_dict(load_search_space(path))
-        diff = sorted(k for k in new if k != "resources" and old.get(k) != new.get(k))
+        old = _flatten(space_dict(load_search_space(path)))
+        cur = _flatten(new)
+        diff = [k for k in sorted(set(old) | set(cur)) if not k.startswith("resources.") and old.get(k) != cur.get(k)]
         if diff:
-            detail = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in diff if k != "base"]
-            if "base" in diff:
-                ob, nb = old["base"]["set"], new["base"]["set"]
-                detail.append("base: " + ", ".join(f"{k}: {ob.get(k)!r} -> {nb.get(k)!r}" for k in sorted(set(ob) | set(nb)) if ob.get(k) != nb.get(k)))
+            detail = "; ".join(f"{k.replace('base.set.', 'base ')}: {old.get(k)!r} -> {cur.get(k)!r}" for k in diff)
             raise SearchError(
-                f"{out_dir} holds a different search ({path}); a resumed search must use the same space and options. "
-                f"Differences: {'; '.join(detail)}. Use another --out for a new search."
+                f"{out_dir} holds a different search ({path}); a resumed search must use the same space and options "
+                f"(only resources may change). Differences: {detail}. Use another --out for a new search."
             )
     else:
         _atomic_text(path, yaml.safe_dump(new, sort_keys=False))
@@ -510,6 +523,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="search folder (holds search_space.yaml)")
     ap.add_argument("--storage", default=None, help="Optuna storage URL (default: the one the search recorded)")
     args = ap.parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         spec, url, shown = load_search_folder(args.out, args.storage)
         study = open_study(url, spec, create=False)

@@ -24,6 +24,7 @@ each trial and written into the report, never used for the choice.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
@@ -106,10 +107,21 @@ class _RayReporter:
         ckpt = self._get_checkpoint()
         if ckpt is None:
             return None
+        import json
+
         import torch
 
         with ckpt.as_directory() as d:
-            return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+        # The run folder may hold epochs trained after this checkpoint (then lost): rewrite history.jsonl from
+        # the checkpoint so that the loop's appended epochs continue it without duplicates.
+        if self._rank() == 0 and state.get("history") is not None:
+            hist = Path(self.run_dir) / "history.jsonl"
+            hist.parent.mkdir(parents=True, exist_ok=True)
+            tmp = hist.with_name(f".{hist.name}.tmp{os.getpid()}")
+            tmp.write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
+            os.replace(tmp, hist)
+        return state
 
     def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
         # Tune results must be flat scalars; the run folder tells the report where metrics.json / PNGs are.
@@ -401,13 +413,20 @@ class SearchResult:
         return dashboard_command(display_url(self.storage_url))
 
 
-def _fail_orphans(study: Any, experiment: str) -> int:
-    """Trials of this experiment still RUNNING after Tune finished were left by a killed driver: mark FAIL."""
+def _fail_orphans(study: Any, experiment: str, started: datetime.datetime) -> int:
+    """Mark FAIL the trials a killed driver left RUNNING; returns how many.
+
+    Once ``Tuner.fit`` returned, no trial of this experiment runs any more. A RUNNING trial is an orphan when it
+    is tagged with this experiment, or when it has no tag at all and began before this driver did (the driver
+    was killed between Optuna's ``ask`` and the tagging). Trials of other experiments are left alone.
+    """
     from optuna.trial import TrialState
 
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("experiment") == experiment:
+        ours = t.user_attrs.get("experiment") == experiment
+        untagged = "experiment" not in t.user_attrs and t.datetime_start is not None and t.datetime_start < started
+        if ours or untagged:
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             n += 1
     return n
@@ -430,7 +449,7 @@ def run_search(
     ``out`` holds the search record, the SQLite study (unless ``storage_url``), the report and (unless
     ``storage_path``, e.g. ``s3://bucket/prefix``) the Tune experiment with the trial folders and checkpoints.
     """
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), datetime.datetime.now()  # Optuna stamps trials with naive local time
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url or default_storage_url(out, spec.study_name)
@@ -484,10 +503,12 @@ def run_search(
             ray.shutdown()
 
     study = open_study(url, spec, create=False, storage=storage)
-    orphans = _fail_orphans(study, experiment)
+    orphans = _fail_orphans(study, experiment, started_at)
     wall = time.perf_counter() - t0
     extra = [f"Tune experiment: `{experiment}`" + (" (resumed)" if resumed else ""),
              f"driver wall time: {wall / 60:.1f} min" + (" (this run)" if resumed else "")]
+    if errors:
+        extra.append(f"{errors} trial(s) raised an error: see `error.txt` in their folders under `{experiment}`")
     if orphans:
         extra.append(f"{orphans} trial(s) left RUNNING by an interrupted driver were marked FAIL")
     report = write_report(study, spec, out, storage_display=display_url(url),

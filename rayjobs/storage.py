@@ -30,39 +30,40 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
 __all__ = [
-    "StorageError",
+    "FORMAT",
+    "MANIFEST",
     "DatasetError",
-    "resolve",
-    "join",
-    "exists",
-    "read_bytes",
-    "read_json",
-    "write_bytes",
-    "write_json",
-    "move",
-    "delete",
-    "list_files",
-    "sha256",
-    "upload_dir",
-    "check_reachable",
+    "Manifest",
     "ShardInfo",
     "SplitInfo",
-    "Manifest",
-    "MANIFEST",
-    "FORMAT",
+    "StorageError",
+    "check_reachable",
     "dataset_state",
+    "delete",
+    "exists",
+    "join",
+    "list_files",
+    "move",
+    "read_bytes",
+    "read_json",
     "read_manifest",
+    "resolve",
+    "sha256",
+    "upload_dir",
     "verify_dataset",
+    "write_bytes",
+    "write_json",
 ]
 
 MANIFEST = "manifest.json"
@@ -147,7 +148,7 @@ def _errors(url: str, action: str) -> Iterator[None]:
     except OSError as e:
         msg = str(e)
         where = f" (endpoint {_endpoint()})" if _endpoint() and _is_object_store(url) else ""
-        if "NO_SUCH_BUCKET" in msg or "NoSuchBucket" in msg:
+        if "NO_SUCH_BUCKET" in msg or "NoSuchBucket" in msg or ("Bucket '" in msg and "not found" in msg):
             bucket = urlparse(url).netloc
             raise StorageError(f"cannot {action} {url}: bucket {bucket!r} does not exist{where}") from e
         if "NETWORK_CONNECTION" in msg or "Could not connect" in msg or "curlCode" in msg:
@@ -355,7 +356,7 @@ class Manifest:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], url: str = "") -> "Manifest":
+    def from_json(cls, d: dict[str, Any], url: str = "") -> Manifest:
         try:
             splits = {
                 name: SplitInfo(

@@ -9,6 +9,10 @@
   the same command again (same ``--name``) resumes the run instead of starting over.
 - The per-worker function is thin: config -> :class:`~rayjobs.stream.RayBatchSource` over
   ``ray.train.get_dataset_shard("train")`` + :class:`RayReporter` -> ``twohead.loop.fit``.
+- ``--stream auto`` (default) streams large-image datasets (ImageNet-LT) with Ray Data every epoch, and has
+  each worker load small-image ones (CIFAR, Tiny-ImageNet, the 32 px stand-in: at most a few hundred MB
+  decoded) from the same shards once, into device memory: their epochs are shorter than a Ray Data pass's
+  start-up, and the loop's device-resident path is then exactly a local run's.
 - Rank 0's result folder (``config.yaml``, ``history.jsonl``, ``metrics.json``, plots) is uploaded to
   ``<storage>/<name>/results/``, ``metrics.json`` last.
 
@@ -29,8 +33,9 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,18 +44,19 @@ from rayjobs.storage import DatasetError, Manifest
 
 __all__ = [
     "InsufficientResourcesError",
-    "parse_workers",
+    "RayReporter",
     "check_capacity",
     "check_train_labels",
-    "RayReporter",
-    "train_loop_per_worker",
-    "run",
     "main",
+    "parse_workers",
+    "run",
+    "train_loop_per_worker",
 ]
 
 log = logging.getLogger("rayjobs.train")
 
 STATE_FILE = "state.pt"
+IN_MEMORY_MAX_BYTES = int(os.environ.get("TWOHEAD_IN_MEMORY_MAX_BYTES", str(4 << 30)))  # decoded train split per worker
 
 
 class InsufficientResourcesError(ValueError):
@@ -98,9 +104,8 @@ def check_capacity(num_workers: int | tuple[int, int], use_gpu: bool, cpus_per_w
     source = "the autoscaler's maximum (cluster config)"
     if not ceiling:
         ceiling, source = ray.cluster_resources(), "the cluster's nodes (no autoscaler configured)"
-    need = {"CPU": need_workers * cpus_per_worker + data_cpus}
-    if use_gpu:
-        need["GPU"] = float(need_workers)
+    need = {"GPU": float(need_workers)} if use_gpu else {}
+    need["CPU"] = need_workers * cpus_per_worker + data_cpus
     for res, amount in need.items():
         have = float(ceiling.get(res, 0))
         if amount > have:
@@ -192,7 +197,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     import ray
     import ray.train
 
-    from rayjobs.stream import CPU_AUGMENT_MIN_SIZE, RayBatchSource, ltdata_from_manifest
+    from rayjobs.stream import (
+        CPU_AUGMENT_MIN_SIZE,
+        RayBatchSource,
+        ltdata_from_manifest,
+    )
     from twohead.config import TrainConfig
     from twohead.loop import fit
 
@@ -201,25 +210,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig.from_dict(config["cfg"])
     manifest = Manifest.from_json(config["manifest"], url=config["data_url"])
     out_dir = Path(tempfile.mkdtemp(prefix=f"twohead-{cfg.run_name()}-"))
-    data = ltdata_from_manifest(manifest, with_eval=rank == 0, cache_dir=out_dir.parent / f"{out_dir.name}-eval",
-                                skip_invalid=config["skip_invalid"])
-    source = RayBatchSource(
-        ray.train.get_dataset_shard("train"),
-        batch_size=cfg.optim.batch_size // world,
-        num_samples=manifest.splits["train"].num_rows // world,
-        augmented=manifest.image_size >= CPU_AUGMENT_MIN_SIZE,
-        prefetch_batches=config["prefetch_batches"],
-        seed=cfg.optim.seed,
-    )
+    data = ltdata_from_manifest(manifest, train=config["in_memory"], with_eval=rank == 0,
+                                cache_dir=out_dir.parent / f"{out_dir.name}-eval", skip_invalid=config["skip_invalid"])
+    source = None  # in memory: the loop's own device-resident batches, sharded by rank
+    if not config["in_memory"]:
+        source = RayBatchSource(
+            ray.train.get_dataset_shard("train"),
+            batch_size=cfg.optim.batch_size // world,
+            num_samples=manifest.splits["train"].num_rows // world,
+            augmented=manifest.image_size >= CPU_AUGMENT_MIN_SIZE,
+            prefetch_batches=config["prefetch_batches"],
+            seed=cfg.optim.seed,
+        )
     reporter = RayReporter(out_dir, rank, config.get("fault"))
     metrics = fit(cfg, out_dir=out_dir, data=data, train_source=source, reporter=reporter)
+    nodes = _gather(ray.get_runtime_context().get_node_id())
     if rank == 0:
         if config.get("counter") is not None:
             summary = ray.get(config["counter"].summary.remote())
             (out_dir / "data_report.json").write_text(json.dumps(summary, indent=1) + "\n")
             metrics["skipped_rows"] = summary["skipped"]
         storage.upload_dir(out_dir, config["results_url"])
-    return {"metrics": metrics, "restored_epoch": reporter.restored_epoch, "rank": rank, "world": world}
+    return {"metrics": metrics, "restored_epoch": reporter.restored_epoch, "rank": rank, "world": world, "nodes": nodes}
+
+
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` of every rank (rank order); the workers' node ids show where the group ran."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,9 +252,14 @@ def _apply_manifest(cfg: Any, manifest: Manifest) -> Any:
     """The run's data section is the one the shards were built from (recorded in config.yaml)."""
     from twohead.config import apply_overrides
 
-    known = {f for f in type(cfg.data).__dataclass_fields__}
+    known = set(type(cfg.data).__dataclass_fields__)
     over = {f"data.{k}": v for k, v in manifest.data_config.items() if k in known and k not in ("root", "num_workers")}
     out = apply_overrides(cfg, over)
+    for key in over:
+        name = key.split(".", 1)[1]
+        before, after = getattr(cfg.data, name), getattr(out.data, name)
+        if before != after:
+            log.info("%s=%r from the dataset's manifest (the config said %r)", key, after, before)
     return out.validate()
 
 
@@ -245,14 +273,22 @@ def run(
     use_gpu: bool = False,
     max_failures: int = 0,
     cpus_per_worker: float = 1.0,
+    placement_strategy: str = "PACK",
     labels: str | None = None,
     skip_invalid: bool | None = None,
     verify: str = "full",
+    stream: str = "auto",
     prefetch_batches: int = 4,
     fail_at_epoch: int | None = None,
     fail_mode: str = "kill",
 ) -> dict[str, Any]:
     """Check everything, then run the TorchTrainer; returns rank 0's final metrics plus run facts.
+
+    ``stream``: ``on`` streams the train split with Ray Data every epoch; ``off`` has every worker load it
+    into memory once (the loop then keeps it on the device and shards it by rank, as in a local run);
+    ``auto`` loads small-image splits under ``IN_MEMORY_MAX_BYTES`` decoded (CIFAR, Tiny-ImageNet, the 32 px
+    stand-in), where a Ray Data pass per epoch would cost more than the epoch itself, and streams the
+    rest (ImageNet). An explicit ``labels`` file needs the stream (it is applied per row).
 
     Connects to Ray (``ray.init()`` picks up the job's cluster) unless already connected.
     """
@@ -261,13 +297,20 @@ def run(
     from ray.train.torch import TorchTrainer
 
     from rayjobs.labels import check_labels_file, ensure_labels
-    from rayjobs.stream import SkipCounter, train_dataset
+    from rayjobs.stream import (
+        CPU_AUGMENT_MIN_SIZE,
+        SkipCounter,
+        in_memory_bytes,
+        train_dataset,
+    )
     from twohead.division import DivisionPlan
 
     if "/" in name or not name or name in (".", ".."):
         raise ValueError(f"--name {name!r} must be a plain folder name")
     if verify not in ("full", "size"):
         raise ValueError(f"verify={verify!r}; allowed: full (sha256), size")
+    if stream not in ("auto", "on", "off"):
+        raise ValueError(f"stream={stream!r}; allowed: auto, on, off")
     storage.check_reachable(storage_url)
     manifest = storage.verify_dataset(data_url, checksums=verify == "full")
     cfg = _apply_manifest(cfg, manifest)
@@ -276,22 +319,31 @@ def run(
     if not skip:
         check_train_labels(manifest)
 
+    small = manifest.image_size < CPU_AUGMENT_MIN_SIZE and in_memory_bytes(manifest) <= IN_MEMORY_MAX_BYTES
+    if stream == "off" and manifest.image_size >= CPU_AUGMENT_MIN_SIZE:
+        raise ValueError(f"stream=off needs images under {CPU_AUGMENT_MIN_SIZE} px; {manifest.url} has {manifest.image_size} px")
+    if stream == "off" and labels:
+        raise ValueError("an explicit labels file is applied to streamed rows: use stream=on (or auto)")
+    in_memory = stream == "off" or (stream == "auto" and small and not labels)
+
     lookup = None
     labels_url = None
-    if cfg.spec.cdh:
+    if cfg.spec.cdh and not in_memory:  # in memory, the loop assigns the same clusters itself (division_for)
         plan = DivisionPlan.from_counts(manifest.class_counts, cfg.method.u, cfg.method.rounding)
         labels_url = labels or ensure_labels(manifest, cfg.method)
         lookup = check_labels_file(manifest, labels_url, plan)
 
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
-    check_capacity(num_workers, use_gpu, cpus_per_worker)
+    check_capacity(num_workers, use_gpu, cpus_per_worker, data_cpus=0.0 if in_memory else 1.0)
 
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    counter = ray.remote(SkipCounter).options(num_cpus=0).remote() if skip else None
-    ds = train_dataset(manifest, lookup=lookup, skip_invalid=skip, counter=counter, seed=cfg.optim.seed)
+    counter = ray.remote(SkipCounter).options(num_cpus=0).remote() if skip and not in_memory else None
+    datasets = None
+    if not in_memory:
+        datasets = {"train": train_dataset(manifest, lookup=lookup, skip_invalid=skip, counter=counter, seed=cfg.optim.seed)}
 
     fs, storage_path = storage.resolve(storage_url)
     run_url = storage.join(storage_url, name)
@@ -306,11 +358,13 @@ def run(
             "data_url": manifest.url,
             "results_url": storage.join(run_url, "results"),
             "skip_invalid": skip,
+            "in_memory": in_memory,
             "counter": counter,
             "prefetch_batches": prefetch_batches,
             "fault": fault,
         },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
+                                     placement_strategy=placement_strategy),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -318,11 +372,11 @@ def run(
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": ds},
+        datasets=datasets,
     )
     result = trainer.fit()
     out = dict(result.return_value or {})
-    out.update({"run_url": run_url, "results_url": storage.join(run_url, "results"), "labels_url": labels_url,
+    out.update({"in_memory": in_memory, "run_url": run_url, "results_url": storage.join(run_url, "results"), "labels_url": labels_url,
                 "checkpoint": result.checkpoint.path if result.checkpoint else None})
     return out
 
@@ -338,11 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=parse_workers, default=1, help="N, or MIN-MAX for elastic training")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--placement-strategy", default="PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+                   help="how workers are placed on nodes (Ray placement group strategy)")
     p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts from the latest checkpoint")
     p.add_argument("--labels", help="cluster labels file URL (default: <data>/labels/..., computed if missing)")
     p.add_argument("--skip-invalid", action="store_true", default=None,
                    help="drop rows with a bad label or an undecodable image (counted in results/data_report.json)")
     p.add_argument("--verify", choices=("full", "size"), default="full", help="check shards by sha256 (full) or size only")
+    p.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                   help="stream the train split with Ray Data each epoch (on), load it into memory once (off), "
+                        "or decide by size (auto: small images in memory)")
     p.add_argument("--prefetch-batches", type=int, default=4)
     return p
 
@@ -358,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         out = run(
             cfg, data_url=args.data, storage_url=args.storage, name=args.name, num_workers=args.num_workers,
             use_gpu=args.use_gpu, max_failures=args.max_failures, cpus_per_worker=args.cpus_per_worker,
-            labels=args.labels, skip_invalid=args.skip_invalid, verify=args.verify, prefetch_batches=args.prefetch_batches,
+            placement_strategy=args.placement_strategy,
+            labels=args.labels, skip_invalid=args.skip_invalid, verify=args.verify, stream=args.stream,
+            prefetch_batches=args.prefetch_batches,
             fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
             fail_mode=os.environ.get("TWOHEAD_FAIL_MODE", "kill"),
         )
@@ -367,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     m = out.get("metrics") or {}
     keys = ("top1", "many", "medium", "few", "epochs", "train_img_per_s")
-    print(json.dumps({k: m.get(k) for k in keys} | {"results": out["results_url"], "restored_epoch": out.get("restored_epoch")}))
+    print(json.dumps({k: m.get(k) for k in keys} | {"results": out["results_url"], "restored_epoch": out.get("restored_epoch"),
+                                                   "in_memory": out.get("in_memory")}))
     return 0
 
 

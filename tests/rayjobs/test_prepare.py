@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import time
 import uuid
@@ -100,7 +99,7 @@ def test_refuses_to_overwrite_then_overwrites(tmp_path, data_root):
     before = {f: storage.sha256(storage.join(m.url, f))[0] for f in storage.list_files(m.url)}
     with pytest.raises(prepare.DatasetExistsError, match="complete dataset.*--overwrite"):
         prepare.prepare(tiny_cfg(), str(tmp_path), name="ds")
-    assert prepare.main(["--out", str(tmp_path), "--name", "ds", "--preset", "smoke", *sum([["--set", s] for s in TINY], [])]) == 2
+    assert prepare.main(["--out", str(tmp_path), "--name", "ds", "--preset", "smoke", *[a for s in TINY for a in ("--set", s)]]) == 2
     assert {f: storage.sha256(storage.join(m.url, f))[0] for f in storage.list_files(m.url)} == before
 
     # --overwrite replaces the dataset and drops cluster labels derived from the old rows.
@@ -163,9 +162,12 @@ def test_missing_bucket(s3_server, data_root):
 
 
 def test_unreachable_endpoint(s3_server, monkeypatch):
-    from conftest import free_port
+    import socket
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("TWOHEAD_S3_RETRIES", "1")
     t0 = time.monotonic()
     with pytest.raises(StorageError, match="unreachable"):

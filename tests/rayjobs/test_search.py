@@ -92,7 +92,8 @@ def test_a_different_search_in_the_same_folder_is_refused(tmp_path, capsys):
     rc = search.main(["--space", str(_space(tmp_path)), "--out", str(out), "--num-samples", "9", "--set", "optim.lr=0.05"])
     err = capsys.readouterr().err
     assert rc == 2 and "holds a different search" in err
-    assert "'num_samples': 4" in err and "optim.lr: 0.1 -> 0.05" in err
+    assert "search.num_samples: 4 -> 9" in err and "base optim.lr: 0.1 -> 0.05" in err
+    assert "resources" not in err.split("Differences:")[1]
 
 
 def test_finished_run_is_recognised_only_for_the_same_config(tmp_path):
@@ -110,6 +111,23 @@ def test_finished_run_is_recognised_only_for_the_same_config(tmp_path):
     other = TrainConfig()
     other.optim.epochs, other.method.u = 2, 3
     assert search._finished_run(run, other) is None
+
+
+def test_orphans_of_a_killed_driver_are_failed_others_are_left(tmp_path):
+    import datetime
+
+    study = optuna.create_study(storage=default_storage_url(tmp_path, "o"), study_name="o", direction="maximize")
+    ours, other, untagged, done = (study.ask() for _ in range(4))
+    ours.set_user_attr("experiment", "/x/o")
+    other.set_user_attr("experiment", "/y/o")  # another search's live trial
+    done.set_user_attr("experiment", "/x/o")
+    study.tell(done, 1.0)
+    started = datetime.datetime.now()
+    late = study.ask()  # untagged but younger than this driver: not ours to judge
+    assert search._fail_orphans(study, "/x/o", started) == 2
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == {ours.number: "FAIL", other.number: "RUNNING", untagged.number: "FAIL",
+                      done.number: "COMPLETE", late.number: "RUNNING"}
 
 
 # ------------------------------------------------------------------------------------ slow: real searches
@@ -207,6 +225,25 @@ def test_multi_worker_trial_runs_a_torch_trainer(ray_session, data_root, tmp_pat
 
 
 @pytest.mark.slow
+def test_experiment_in_s3_storage(ray_session, s3_server, data_root, tmp_path):
+    # Tune keeps the experiment (checkpoints, trial folders with the loop's files) in S3; the study and the
+    # report stay in the local results folder.
+    bucket = s3_server.make_bucket("twohead-search")
+    spec = load_search_space(_space(
+        tmp_path, "s3tiny", base={"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 1}},
+        search_={"num_samples": 1, "max_concurrent": 1, "seed": 0}))
+    res = search.run_search(spec, tmp_path / "out", storage_path=f"s3://{bucket}/runs", verbose=0)
+    assert res.errors == 0 and res.experiment == f"s3://{bucket}/runs/s3tiny"
+    (t,) = _load(tmp_path / "out", "s3tiny").trials
+    assert t.state == optuna.trial.TrialState.COMPLETE and "test_top1" in t.user_attrs
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="runs/s3tiny/")["Contents"]]
+    trial = f"runs/s3tiny/trial_{t.user_attrs['tune_trial_id']}"
+    assert f"{trial}/run/metrics.json" in keys and f"{trial}/run/config.yaml" in keys  # the loop's files, synced
+    assert any(k.startswith(f"{trial}/checkpoint_") and k.endswith("/state.pt") for k in keys)
+    assert (tmp_path / "out" / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
 def test_killed_search_resumes_and_keeps_finished_trials(ray_head, data_root, tmp_path):
     space = _space(tmp_path, "resume", search_={"num_samples": 3, "max_concurrent": 2, "seed": 1})
     out = tmp_path / "out"
@@ -237,7 +274,10 @@ def test_killed_search_resumes_and_keeps_finished_trials(ray_head, data_root, tm
 
     trials = _load(out, "resume").trials
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 3 and not [t for t in trials if t.state.name == "RUNNING"]
+    states = [(t.number, t.state.name, t.value, t.user_attrs.get("tune_trial_id"), t.user_attrs.get("epochs")) for t in trials]
+    assert len(complete) == 3 and not [t for t in trials if t.state.name == "RUNNING"], (states, finished, again.stdout[-4000:])
+    for t in complete:  # trials cut by the kill continued from their checkpoint: each epoch once in the history
+        assert [h["epoch"] for h in _history(t.user_attrs["run_dir"])] == [1, 2]
     by_number = {t.number: t for t in trials}
     for number, (value, when, run_dir) in finished.items():
         t = by_number[number]

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from twohead.data.plan import DatasetPlan
     from twohead.data.types import LTData
 
-__all__ = ["generate_standin", "plan_standin", "load_standin", "standin_dir"]
+__all__ = ["generate_standin", "load_standin", "plan_standin", "standin_dir"]
 
 _MARKER = "standin.json"
 _VERSION = 1
@@ -178,6 +178,8 @@ def generate_standin(
         # Twice the cores: creating many small files blocks in the kernel as much as it computes.
         procs = processes or min(2 * len(os.sched_getaffinity(0)), 32)
         if procs > 1:
+            # fork (like torch's DataLoader workers): children only render, encode and write files. forkserver
+            # and spawn would re-import a caller's __main__ script.
             with get_context("fork").Pool(procs) as pool:
                 total = sum(pool.imap_unordered(_write_class, jobs, chunksize=8))
         else:
@@ -204,7 +206,7 @@ def generate_standin(
     return out_dir
 
 
-def standin_dir(cfg: "DataConfig") -> Path:
+def standin_dir(cfg: DataConfig) -> Path:
     """Cache folder of the stand-in for ``cfg``: ``data.path`` if set, else under ``$TWOHEAD_CACHE``."""
     if cfg.path:
         return Path(cfg.path).expanduser()
@@ -213,7 +215,7 @@ def standin_dir(cfg: "DataConfig") -> Path:
     return cache / f"imagenet-lt-standin-{size}px-s0-v{_VERSION}"
 
 
-def plan_standin(cfg: "DataConfig", root: str | Path) -> "DatasetPlan":
+def plan_standin(cfg: DataConfig, root: str | Path) -> DatasetPlan:
     """Generate the stand-in once (cached, see :func:`standin_dir`), then plan it with the ImageNet-LT reader."""
     import dataclasses
 
@@ -230,7 +232,7 @@ def plan_standin(cfg: "DataConfig", root: str | Path) -> "DatasetPlan":
     return dataclasses.replace(plan, name="imagenet-lt-standin")
 
 
-def load_standin(cfg: "DataConfig", root: str | Path) -> "LTData":
+def load_standin(cfg: DataConfig, root: str | Path) -> LTData:
     """The ImageNet-LT stand-in as :class:`~twohead.data.LTData` (file-backed, like ImageNet-LT)."""
     plan = plan_standin(cfg, root).with_fractions(cfg.train_fraction, cfg.eval_fraction, cfg.lt_seed)
     return plan.materialize(skip_corrupt=cfg.skip_corrupt)

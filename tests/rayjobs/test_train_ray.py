@@ -1,0 +1,149 @@
+"""rayjobs.train: Ray Train around twohead.loop.fit -- fault tolerance, resume, 2-node DDP, capacity checks.
+
+Checkpoints and results go to the moto S3 server, data streams from it, like on a cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import torch
+
+from rayjobs import prepare, storage, train
+
+REPO = Path(__file__).resolve().parents[2]
+# ~250 training images, 2-3 epochs: a few seconds per epoch on one CPU worker.
+TINY = ["data.train_fraction=0.02", "data.eval_fraction=0.02", "run.checkpoint_every=1"]
+
+
+def tiny_cfg(*extra: str):
+    from twohead.config import load_config
+
+    return load_config(preset="smoke", overrides=[*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server) -> str:
+    return s3_server.make_bucket(f"train-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def s3_ds(bucket, data_root) -> str:
+    return prepare.prepare(tiny_cfg(), f"s3://{bucket}/datasets").url
+
+
+def test_parse_workers():
+    assert train.parse_workers("4") == 4
+    assert train.parse_workers("2-8") == (2, 8)
+    assert train.parse_workers("3-3") == 3
+    for bad in ("0", "5-2", "x", "-1"):
+        with pytest.raises(Exception, match="--num-workers"):
+            train.parse_workers(bad)
+
+
+def test_too_many_workers_fails_before_submitting(ray_session, s3_ds, bucket):
+    # Streaming needs a CPU for Ray Data besides the workers' CPUs.
+    with pytest.raises(train.InsufficientResourcesError, match=r"--num-workers 64 needs 65 CPU .* has 2 CPU; use at most --num-workers 1"):
+        train.run(tiny_cfg(), data_url=s3_ds, storage_url=f"s3://{bucket}/runs", name="too-many", num_workers=64, stream="on")
+    with pytest.raises(train.InsufficientResourcesError, match=r"--num-workers 3 needs 3 CPU .* has 2 CPU; use at most --num-workers 2"):
+        train.run(tiny_cfg(), data_url=s3_ds, storage_url=f"s3://{bucket}/runs", name="too-many", num_workers=3, stream="off")
+    with pytest.raises(train.InsufficientResourcesError, match="needs 2 GPU"):
+        train.run(tiny_cfg(), data_url=s3_ds, storage_url=f"s3://{bucket}/runs", name="too-many", num_workers=(2, 4), use_gpu=True)
+    assert storage.list_files(f"s3://{bucket}/runs/too-many") == []  # nothing was started or written
+
+
+def _latest_state(run_url: str) -> dict:
+    fs, path = storage.resolve(run_url)
+    dirs = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
+                  if i.base_name.startswith("checkpoint_") and i.type == pafs.FileType.Directory)
+    assert dirs, f"no checkpoint under {run_url}"
+    with fs.open_input_stream(f"{dirs[-1]}/{train.STATE_FILE}") as f:
+        import io
+
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_and_rerun_resumes(ray_session, s3_ds, bucket):
+    from ray.train import TrainingFailedError
+
+    cfg = tiny_cfg("optim.epochs=3", "optim.milestones=[2]")
+    runs = f"s3://{bucket}/runs"
+    run_url = f"{runs}/ft"
+
+    # 1) Rank 0 is killed at the end of epoch 2 and no retry is allowed: the run fails after checkpoint 1.
+    with pytest.raises(TrainingFailedError):
+        train.run(cfg, data_url=s3_ds, storage_url=runs, name="ft", max_failures=0, fail_at_epoch=2, stream="on")
+    state = _latest_state(run_url)
+    assert state["epoch"] == 1
+    first_epoch = state["history"][0]
+
+    # 2) The same command again resumes from epoch 1 (not from scratch); rank 0 is killed again at the end
+    #    of epoch 3, and the worker group restarts from checkpoint 2 (max_failures=1) and finishes.
+    out = train.run(cfg, data_url=s3_ds, storage_url=runs, name="ft", max_failures=1, fail_at_epoch=3, stream="on")
+    assert out["restored_epoch"] == 2 and out["in_memory"] is False
+    m = out["metrics"]
+    assert m["epochs"] == 3 and 0 <= m["top1"] <= 100
+
+    files = storage.list_files(run_url)
+    assert {"_fault-injected-epoch2", "_fault-injected-epoch3"} <= set(files)
+    assert any(f.startswith("checkpoint_") for f in files)
+    results = out["results_url"]
+    assert results == f"{run_url}/results"
+    assert storage.read_json(f"{results}/metrics.json")["top1"] == m["top1"]
+    history = [json.loads(ln) for ln in storage.read_bytes(f"{results}/history.jsonl").decode().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0] == first_epoch  # epoch 1 came from run 1's checkpoint, it was not trained again
+    assert "config.yaml" in storage.list_files(results)
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    from twohead.config import load_config
+    from rayjobs import train
+
+    data_url, runs = sys.argv[1], sys.argv[2]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 150 * 2**20})
+    cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20)
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        cfg = load_config(preset="smoke", overrides=sys.argv[3:])
+        out = train.run(cfg, data_url=data_url, storage_url=runs, name="ddp", num_workers=2,
+                        placement_strategy="STRICT_SPREAD", stream="on")
+        print("RESULT " + json.dumps({"world": out["world"], "nodes": out["nodes"], "epochs": out["metrics"]["epochs"],
+                                       "top1": out["metrics"]["top1"], "results": out["results_url"]}))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_two_workers_on_two_nodes(s3_ds, bucket, tmp_path):
+    """2 CPU workers (gloo DDP), one per node of a simulated 2-node cluster of its own, each streaming its
+    ``streaming_split`` shard from S3; in a subprocess, so the session's head stays untouched."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run(
+        [sys.executable, str(script), s3_ds, f"s3://{bucket}/runs", *TINY, "optim.epochs=1", "optim.batch_size=64"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420, check=False,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    res = json.loads(lines[-1][len("RESULT "):])
+    assert res["world"] == 2 and res["epochs"] == 1
+    assert len(set(res["nodes"])) == 2, f"the two DDP ranks ran on {res['nodes']}"
+    assert storage.read_json(f"{res['results']}/metrics.json")["top1"] == res["top1"]
