@@ -476,6 +476,10 @@ def fit(
         raise RunExistsError(f"{out} holds a checkpoint of a different config; choose another run.name or out folder")
     if is_main:
         _claim_out_dir(out, cfg, resuming=state is not None)
+        if state is not None:
+            # Epochs trained after the checkpoint were lost with the process: history restarts from the
+            # checkpoint's, so the epochs about to be retrained are not listed twice.
+            _atomic_write(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.get("history", [])))
         if state is not None and int(state["epoch"]) >= cfg.optim.epochs and (out / "metrics.json").is_file():
             log.info("%s: already finished (%d epochs); returning its metrics", out, state["epoch"])
             return json.loads((out / "metrics.json").read_text())
