@@ -28,7 +28,6 @@ import datetime
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from rayjobs.reporting import STATE_FILE, TrainReporter, TuneReporter  # noqa: F401 (re-exported)
 from rayjobs.report import (
     Report,
     SearchError,
@@ -70,108 +70,11 @@ __all__ = [
 
 log = logging.getLogger("rayjobs.search")
 
-STATE_FILE = "state.pt"  # the loop's resumable state inside a Tune / Train checkpoint directory
 RUN_SUBDIR = "run"  # the loop's out_dir inside a trial folder (config.yaml, history.jsonl, metrics.json, PNGs)
 # Per-trial facts copied into the Optuna study as user attributes (shown by optuna-dashboard, used by the
 # report). test_* is recorded here only: the searcher and ASHA see `spec.metric` (val_*) alone.
 RECORDED = ("epoch", "val_top1", "val_many", "val_medium", "val_few", "test_top1", "test_many", "test_medium",
             "test_few", "train_img_per_s", "run_dir", "time_total_s")
-
-
-# --------------------------------------------------------------------------------------------- reporters
-class _RayReporter:
-    """A :class:`twohead.loop.Reporter` that keeps checkpoints in Ray's storage instead of the run folder.
-
-    On checkpoint epochs the loop's state goes into a temporary directory as ``state.pt`` and is handed to
-    ``report`` as a Checkpoint, which Ray persists (local folder or S3) before returning; ``restore`` reads the
-    latest one back, so a trial restarted by ``Tuner.restore`` or a worker failure continues where it stopped.
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = str(run_dir)
-
-    # hooks for Tune vs Train
-    def _report(self, metrics: dict, checkpoint: Any = None) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _get_checkpoint(self) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _checkpoint_from_directory(self, path: str) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _rank(self) -> int:
-        return 0
-
-    def restore(self) -> dict | None:
-        ckpt = self._get_checkpoint()
-        if ckpt is None:
-            return None
-        import json
-
-        import torch
-
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-        # The run folder may hold epochs trained after this checkpoint (then lost): rewrite history.jsonl from
-        # the checkpoint so that the loop's appended epochs continue it without duplicates.
-        if self._rank() == 0 and state.get("history") is not None:
-            hist = Path(self.run_dir) / "history.jsonl"
-            hist.parent.mkdir(parents=True, exist_ok=True)
-            tmp = hist.with_name(f".{hist.name}.tmp{os.getpid()}")
-            tmp.write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
-            os.replace(tmp, hist)
-        return state
-
-    def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
-        # Tune results must be flat scalars; the run folder tells the report where metrics.json / PNGs are.
-        m = {k: v for k, v in metrics.items() if v is None or isinstance(v, (bool, int, float, str))}
-        m["run_dir"] = self.run_dir
-        if make_state is None or self._rank() != 0:
-            self._report(m)
-            return
-        import torch
-
-        with tempfile.TemporaryDirectory(prefix="twohead-ckpt-") as d:
-            torch.save(make_state(), Path(d) / STATE_FILE)
-            self._report(m, checkpoint=self._checkpoint_from_directory(d))
-
-
-class TuneReporter(_RayReporter):
-    """Reporter for a single-worker Tune trial: ``ray.tune.report`` / ``ray.tune.get_checkpoint``."""
-
-    def _report(self, metrics: dict, checkpoint: Any = None) -> None:
-        tune.report(metrics, checkpoint=checkpoint)
-
-    def _get_checkpoint(self) -> Any:
-        return tune.get_checkpoint()
-
-    def _checkpoint_from_directory(self, path: str) -> Any:
-        return tune.Checkpoint.from_directory(path)
-
-
-class TrainReporter(_RayReporter):
-    """Reporter for Ray Train workers (multi-GPU trials): every rank reports, rank 0 attaches the checkpoint."""
-
-    def _report(self, metrics: dict, checkpoint: Any = None) -> None:
-        import ray.train
-
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-    def _get_checkpoint(self) -> Any:
-        import ray.train
-
-        return ray.train.get_checkpoint()
-
-    def _checkpoint_from_directory(self, path: str) -> Any:
-        import ray.train
-
-        return ray.train.Checkpoint.from_directory(path)
-
-    def _rank(self) -> int:
-        import ray.train
-
-        return ray.train.get_context().get_world_rank()
 
 
 # -------------------------------------------------------------------------------------------------- trials

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from rayjobs import storage
+from rayjobs.reporting import STATE_FILE, TrainReporter  # noqa: F401 (STATE_FILE re-exported for tests)
 from rayjobs.storage import DatasetError, Manifest
 
 __all__ = [
@@ -55,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger("rayjobs.train")
 
-STATE_FILE = "state.pt"
 IN_MEMORY_MAX_BYTES = int(os.environ.get("TWOHEAD_IN_MEMORY_MAX_BYTES", str(4 << 30)))  # decoded train split per worker
 
 
@@ -140,47 +140,18 @@ def check_train_labels(manifest: Manifest) -> None:
 # --------------------------------------------------------------------------------------------
 # Worker side
 # --------------------------------------------------------------------------------------------
-class RayReporter:
-    """:class:`twohead.loop.Reporter` backed by ``ray.train.report`` / ``ray.train.get_checkpoint``.
-
-    Rank 0 attaches a checkpoint (a temp folder with ``state.pt``) on checkpoint epochs; every rank reports.
-    On restore, rank 0 also re-creates ``history.jsonl`` from the checkpoint, so the uploaded results hold
-    the whole run, not only the epochs after the restart.
-    """
+class RayReporter(TrainReporter):
+    """The Train reporter of :mod:`rayjobs.reporting`, plus the opt-in failure injection of the fault-tolerance
+    drill (``TWOHEAD_FAIL_AT_EPOCH``)."""
 
     def __init__(self, out_dir: Path, rank: int, fault: dict[str, Any] | None = None):
-        self.out_dir = Path(out_dir)
+        super().__init__()
         self.rank = rank
         self.fault = fault or {}
-        self.restored_epoch: int | None = None
-
-    def restore(self) -> dict | None:
-        import ray.train
-        import torch
-
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-        self.restored_epoch = int(state["epoch"])
-        if self.rank == 0 and state.get("history"):
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
-        return state
 
     def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
-        import ray.train
-        import torch
-        from ray.train import Checkpoint
-
         self._maybe_fail(int(metrics["epoch"]))
-        if make_state is None:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="twohead-ckpt-") as d:
-            torch.save(make_state(), Path(d) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+        super().report(metrics, make_state)
 
     def _maybe_fail(self, epoch: int) -> None:
         at, marker = self.fault.get("at_epoch"), self.fault.get("marker")

@@ -114,14 +114,16 @@ def ray_head(s3_server, data_root) -> RayHead:
     moto server and ../shared/data like a user's cluster reaches S3.
     """
     temp_dir = tempfile.mkdtemp(prefix="thray", dir="/tmp")  # short: Ray's socket paths are limited
-    port, dash = free_port(), free_port()
+    port, dash, agent = free_port(), free_port(), free_port()
     env = dict(os.environ)
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     cmd = [
         str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
         "--num-cpus=2", f"--temp-dir={temp_dir}", f"--port={port}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+        f"--dashboard-agent-listen-port={agent}",
         "--disable-usage-stats", f"--object-store-memory={200 * 2**20}",
     ]
     log = open(Path(temp_dir) / "head.log", "w")

@@ -469,7 +469,11 @@ def fit(
 
         data = build_data(cfg.data)
     counts = np.asarray(data.class_counts, dtype=np.int64)
-    plan, clusters = division_for(cfg, data, device)
+    if train_source is None:
+        plan, clusters = division_for(cfg, data, device)
+    else:  # the stream brings each row's cluster id (computed beside the shards); only the plan is needed
+        plan = DivisionPlan.from_counts(counts, cfg.method.u, cfg.method.rounding) if cfg.spec.cdh else DivisionPlan.identity(len(counts))
+        clusters = None
     reporter = reporter if reporter is not None else LocalReporter(out)
     state = reporter.restore() if cfg.run.resume else None
     if state is not None and _comparable(state["config"]) != _comparable(cfg.to_dict()):
@@ -485,11 +489,12 @@ def fit(
             return json.loads((out / "metrics.json").read_text())
 
     model, criterion, optimizer = build_training(cfg, counts, plan, device)
-    start_epoch, history = 0, []
+    start_epoch, history, wall_before = 0, [], 0.0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = int(state["epoch"]), list(state.get("history", []))
+        wall_before = float(state.get("wall_s", 0.0))
         log.info("resuming %s from epoch %d", out, start_epoch)
     net = model
     if world > 1:
@@ -512,6 +517,7 @@ def fit(
             "history": history,
             "config": cfg.to_dict(),
             "class_counts": counts.tolist(),
+            "wall_s": wall_before + time.perf_counter() - t_run,  # training time across restarts
         }
 
     progress = cfg.run.progress and is_main and not os.environ.get("TQDM_DISABLE")
@@ -561,7 +567,7 @@ def fit(
                 print(f"epoch {done}/{cfg.optim.epochs} loss={train_loss:.4f} lr={lr:.4g} {metrics['train_img_per_s']:.0f} img/s{val}", flush=True)
         ckpt = last or done % cfg.run.checkpoint_every == 0
         if last and is_main:
-            result = _finish(out, cfg, model, data, plan, final, history, device, time.perf_counter() - t_run)
+            result = _finish(out, cfg, model, data, plan, final, history, device, wall_before + time.perf_counter() - t_run)
         reporter.report(metrics, make_state(done) if ckpt and is_main else None)
     if not is_main:
         return metrics
