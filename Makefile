@@ -12,12 +12,11 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: run test bench install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch/torchvision pinned to the releases that pair with each other (see README, "Install")
-	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	# constraints.txt pins the versions the tests ran with (torch 2.14.1 + torchvision 0.29.1 pair with each other)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
