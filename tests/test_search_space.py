@@ -89,7 +89,7 @@ def test_presets_parse_and_optimise_a_validation_metric(name):
 def test_smoke_preset_is_small():
     spec = load_search_space("smoke")
     assert spec.base.data.dataset == "cifar10-lt"
-    assert spec.base.optim.epochs <= 2 and spec.base.data.train_fraction <= 0.15
+    assert spec.base.optim.epochs <= 4 and spec.base.data.train_fraction <= 0.2
     assert spec.search.num_samples <= 4 and spec.search.max_concurrent == 2
     assert spec.resources.gpus_per_trial == 0
 
