@@ -29,7 +29,7 @@ def test_smoke_train_then_eval_on_real_cifar10(tmp_path, data_root):
     assert len(m["per_class_recall"]) == 10 and 0 <= m["top1"] <= 100
     assert m["clusters_per_class"][0] == 10 and m["clusters_per_class"][-1] == 1  # Eq. 3 with u = 10
     assert m["class_counts"][0] > m["class_counts"][-1]  # long-tailed
-    e = run_cli("eval", str(metrics_file.parent), "--set", "data.eval_fraction=0.1")
+    e = run_cli("eval", str(metrics_file.parent))
     assert e.returncode == 0, e.stderr[-2000:]
     assert json.loads(e.stdout)["top1"] == pytest.approx(m["top1"])  # same checkpoint, same test subset
 

@@ -29,6 +29,7 @@ from .augment import normalize, random_crop_flip, to_nchw
 from .config import ConfigError, TrainConfig
 from .division import DivisionPlan, assign_clusters, pixel_embedding, soft_label_matrix
 from .heads import HeadOutput
+from .losses import mixup_batch, mixup_loss
 
 log = logging.getLogger("twohead")
 
@@ -227,8 +228,6 @@ class Step:
                 x = random_crop_flip(x)
             x = normalize(x, self.mean, self.std, self.cfg.model.channels_last)
         if self.mixup:
-            from .losses import mixup_batch, mixup_loss
-
             x, a, b, lam = mixup_batch(x, y, k, self.cfg.method.mixup_alpha)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             out = self.model(x)

@@ -89,10 +89,10 @@ def test_a_different_search_in_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     spec = load_search_space(_space(tmp_path))
     save_search_folder(out, spec, default_storage_url(out, "tiny"), str(out / "tiny"))
-    rc = search.main(["--space", str(_space(tmp_path)), "--out", str(out), "--num-samples", "9", "--set", "optim.lr=0.05"])
+    rc = search.main(["--space", str(_space(tmp_path)), "--out", str(out), "--num-samples", "9", "--set", "optim.lr=0.02"])
     err = capsys.readouterr().err
     assert rc == 2 and "holds a different search" in err
-    assert "search.num_samples: 4 -> 9" in err and "base optim.lr: 0.1 -> 0.05" in err
+    assert "search.num_samples: 4 -> 9" in err and "base optim.lr: 0.05 -> 0.02" in err
     assert "resources" not in err.split("Differences:")[1]
 
 
