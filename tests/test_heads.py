@@ -99,3 +99,11 @@ def test_create_model_per_method(method):
     K = 4 + 3 + 2 + 2 + 1 if cfg.spec.cdh else 5  # Eq. 3 for these counts
     assert out.logits.shape == (2, K)
     assert (out.fbh is not None) == cfg.spec.fbh
+
+
+def test_create_model_takes_the_data_resolution():
+    """A folder / Parquet dataset knows its image size (LTData.image_size); the backbone stem follows it."""
+    cfg = apply_overrides(TrainConfig(), {"method.name": "ce", "model.backbone": "resnet18", "data.dataset": "folder",
+                                         "data.path": "/x"})
+    assert create_model(cfg, [5, 3], image_size=96).backbone.conv1.stride == (2, 2)  # ImageNet stem kept
+    assert create_model(cfg, [5, 3]).backbone.conv1.stride == (1, 1)  # nominal 32 px: small-input stem

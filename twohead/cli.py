@@ -63,7 +63,7 @@ def cmd_eval(args) -> int:
     cfg.validate()
     data = build_data(cfg.data)
     device = resolve_device(cfg)
-    model = create_model(cfg, state["class_counts"]).to(device)
+    model = create_model(cfg, state["class_counts"], cfg.data.image_size or data.image_size).to(device)
     model.load_state_dict(state["model"])
     split = {"test": data.test, "val": data.val}[args.split]
     if split is None:

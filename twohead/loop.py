@@ -383,7 +383,7 @@ def checkpoint_features(path: str, data, device: torch.device) -> np.ndarray:
         raise ConfigError(f"method.embedding=checkpoint:{path}: file does not exist")
     state = torch.load(p, map_location="cpu", weights_only=False)
     src = TrainConfig.from_dict(state["config"])
-    model = create_model(src, state["class_counts"]).to(device)
+    model = create_model(src, state["class_counts"], _image_size(src, data)).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     feats = []
@@ -420,14 +420,14 @@ def _comparable(d: dict) -> dict:
     return d
 
 
-def build_training(cfg: TrainConfig, counts, plan: DivisionPlan, device: torch.device):
+def build_training(cfg: TrainConfig, counts, plan: DivisionPlan, device: torch.device, image_size: int | None = None):
     """Model (channels_last), criterion (L = L2 + lambda L1 or a baseline loss) and SGD, as fit() and the
     benchmark build them. Seeds the model init with optim.seed."""
     from .losses import build_criterion
     from .model import create_model
 
     torch.manual_seed(cfg.optim.seed)
-    model = create_model(cfg, counts).to(device)
+    model = create_model(cfg, counts, image_size).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     soft = soft_label_matrix(plan, cfg.method.alpha) if cfg.spec.cdh else None
@@ -487,7 +487,7 @@ def fit(
             log.info("%s: already finished (%d epochs); returning its metrics", out, state["epoch"])
             return json.loads((out / "metrics.json").read_text())
 
-    model, criterion, optimizer = build_training(cfg, counts, plan, device)
+    model, criterion, optimizer = build_training(cfg, counts, plan, device, _image_size(cfg, data))
     start_epoch, history, wall_before = 0, [], 0.0
     if state is not None:
         model.load_state_dict(state["model"])

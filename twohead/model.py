@@ -80,14 +80,17 @@ class TwoHeadModel(nn.Module):
         return self.cdh.weight_rows()
 
 
-def create_model(cfg: "TrainConfig", class_counts: Sequence[int]) -> TwoHeadModel:
-    """Build the model a config describes; the division plan (Eq. 3) comes from the training class counts."""
+def create_model(cfg: "TrainConfig", class_counts: Sequence[int], image_size: int | None = None) -> TwoHeadModel:
+    """Build the model a config describes; the division plan (Eq. 3) comes from the training class counts.
+
+    ``image_size`` is the training resolution (``LTData.image_size`` when the data is at hand: it knows the size
+    of Parquet / folder datasets); without it, ``data.image_size`` or the dataset's nominal size is used."""
     from .backbones import create_backbone
 
     spec = cfg.spec
     counts = [int(c) for c in class_counts]
     plan = DivisionPlan.from_counts(counts, cfg.method.u, cfg.method.rounding) if spec.cdh else DivisionPlan.identity(len(counts))
-    image_size = cfg.data.image_size or {"tiny-imagenet-lt": 64, "imagenet-lt": 224}.get(cfg.data.dataset, 32)
+    image_size = image_size or cfg.data.image_size or {"tiny-imagenet-lt": 64, "imagenet-lt": 224}.get(cfg.data.dataset, 32)
     backbone = create_backbone(cfg.model.backbone, image_size=image_size)
     return TwoHeadModel(
         backbone,
