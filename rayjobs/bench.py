@@ -3,7 +3,7 @@
     python -m rayjobs.bench                          # resnet32, ce + twohead, this device
     python -m rayjobs.bench --backbones resnet32,resnet110,resnet18 --steps 100 --json bench.json
 
-It times the very step :func:`twohead.loop.fit` runs (``twohead.loop.Step`` on device-resident uint8 batches:
+It times the very step :func:`twohead.loop.fit` runs (``twohead.step.Step`` on device-resident uint8 batches:
 gather, crop/flip, normalise, forward, loss, backward, SGD), CUDA-graph captured where the loop would capture
 it. GPU timings use CUDA events after a warm-up; CPU timings use perf_counter. For CIFAR-10-LT (imbalance 100,
 12,406 images) it projects the 200-epoch training time (training steps only; evaluation excluded).
@@ -21,7 +21,10 @@ import torch
 
 from twohead.config import load_config
 from twohead.division import DivisionPlan, assign_clusters
-from twohead.loop import DeviceSource, Step, _amp_dtype, _use_graphs, build_training, resolve_device
+from twohead.loop import build_training
+from twohead.runtime import amp_dtype, resolve_device, use_graphs
+from twohead.sources import DeviceSource
+from twohead.step import Step
 
 CIFAR10_LT_100 = [int(5000 * 0.01 ** (i / 9)) for i in range(10)]  # LDAM-DRW's counts, 12,406 images
 IMAGE_SIZE = {"resnet32": 32, "resnet110": 32, "vgg16": 32, "mobilenet_v2": 32, "resnet18": 64, "resnext50_32x4d": 64}
@@ -40,8 +43,8 @@ def bench_one(backbone: str, method: str, steps: int, warmup: int, batch: int, d
     clusters = assign_clusters(labels, plan, "random") if cfg.spec.cdh else labels
     images = np.random.default_rng(0).integers(0, 256, (len(labels), size, size, 3), dtype=np.uint8)
     model, criterion, opt = build_training(cfg, counts, plan, dev)
-    graphs = _use_graphs(cfg, dev, 1)
-    step = Step(model, criterion, opt, cfg, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), dev, _amp_dtype(cfg, dev), graphs)
+    graphs = use_graphs(cfg, dev, 1)
+    step = Step(model, criterion, opt, cfg, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), dev, amp_dtype(cfg, dev), graphs)
     source = DeviceSource(images, labels, clusters, dev, batch, 0, drop_last=True)
 
     def batches():
@@ -70,7 +73,7 @@ def bench_one(backbone: str, method: str, steps: int, warmup: int, batch: int, d
         secs = time.perf_counter() - t0
     img_s = steps * batch / secs
     return {"backbone": backbone, "method": method, "img_per_s": img_s, "ms_per_step": 1000 * secs / steps,
-            "graphs": bool(step.graphs), "amp": str(_amp_dtype(cfg, dev)), "device": str(dev)}
+            "graphs": bool(step.graphs), "amp": str(amp_dtype(cfg, dev)), "device": str(dev)}
 
 
 def main(argv: list[str] | None = None) -> int:

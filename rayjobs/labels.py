@@ -205,15 +205,14 @@ def write_labels(manifest: Manifest, method: str = "random", u: int = 10, roundi
     return url
 
 
-def ensure_labels(manifest: Manifest, method_cfg: Any) -> str:
-    """The labels file for a run's ``method`` config, computed (once) if it does not exist yet."""
-    url = labels_url(manifest.url, method_cfg.clustering, method_cfg.u, method_cfg.rounding, method_cfg.cluster_seed,
-                     method_cfg.embedding)
+def ensure_labels(manifest: Manifest, cfg: Any) -> str:
+    """The labels file for a run's config (its method and resolved cluster seed), computed once if it does not exist."""
+    m, seed = cfg.method, cfg.cluster_seed
+    url = labels_url(manifest.url, m.clustering, m.u, m.rounding, seed, m.embedding)
     if storage.exists(url):
         return url
     try:
-        return write_labels(manifest, method_cfg.clustering, method_cfg.u, method_cfg.rounding, method_cfg.cluster_seed,
-                            method_cfg.embedding, url=url)
+        return write_labels(manifest, m.clustering, m.u, m.rounding, seed, m.embedding, url=url)
     except FileExistsError:  # another driver wrote it meanwhile: same inputs, same result
         return url
 
@@ -309,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default=d.clustering, choices=("random", "kmeans", "hierarchical"))
     p.add_argument("--u", type=int, default=d.u, help="clusters of the largest class (Eq. 3)")
     p.add_argument("--rounding", default=d.rounding, choices=("ceil", "round"))
-    p.add_argument("--seed", type=int, default=d.cluster_seed)
+    p.add_argument("--seed", type=int, default=0, help="cluster seed: the run's method.cluster_seed, else its optim.seed")
     p.add_argument("--embedding", default=d.embedding, help="pca | pixels | URL of an (id, vector) Parquet file")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--address", help="Ray address for decoding (kmeans/hierarchical; default: the job's cluster or a local one)")

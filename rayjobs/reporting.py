@@ -14,7 +14,18 @@ from typing import Any, Callable
 
 STATE_FILE = "state.pt"  # the loop's resumable state inside a Ray checkpoint folder
 
-__all__ = ["STATE_FILE", "TrainReporter", "TuneReporter"]
+__all__ = ["STATE_FILE", "TrainReporter", "TuneReporter", "flat_scalars"]
+
+
+def flat_scalars(metrics: dict, prefix: str = "") -> dict:
+    """Scalars of ``metrics`` with nested dicts flattened to ``outer/inner`` keys (lists are left out)."""
+    out: dict = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(flat_scalars(v, f"{prefix}{k}/"))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 class TrainReporter:
@@ -58,8 +69,9 @@ class TrainReporter:
         return state
 
     def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
-        # Ray results must be flat scalars; run_dir tells the search report where metrics.json / PNGs are.
-        m = {k: v for k, v in metrics.items() if v is None or isinstance(v, (bool, int, float, str))}
+        # Ray results must be flat scalars (nested readings become "val_posthoc/la_tau1.0"); run_dir tells the search
+        # report where metrics.json / PNGs are.
+        m = flat_scalars(metrics)
         if self.run_dir is not None:
             m["run_dir"] = self.run_dir
         if make_state is None or self._rank() != 0:

@@ -301,7 +301,7 @@ def run(
     labels_url = None
     if cfg.spec.cdh and not in_memory:  # in memory, the loop assigns the same clusters itself (division_for)
         plan = DivisionPlan.from_counts(manifest.class_counts, cfg.method.u, cfg.method.rounding)
-        labels_url = labels or ensure_labels(manifest, cfg.method)
+        labels_url = labels or ensure_labels(manifest, cfg)
         lookup = check_labels_file(manifest, labels_url, plan)
 
     if not ray.is_initialized():

@@ -26,12 +26,29 @@ def test_smoke_train_then_eval_on_real_cifar10(tmp_path, data_root):
     m = json.loads(metrics_file.read_text())
     for key in ("top1", "per_class_recall", "many", "medium", "few"):
         assert key in m
-    assert len(m["per_class_recall"]) == 10 and 0 <= m["top1"] <= 100
+    assert len(m["per_class_recall"]) == 10
+    # Every K-to-C reading and post-hoc variant, from one pass; the headline is the default reading (max).
+    assert set(m["by_inference"]) == {"max", "sum", "fuse", "fbh"} and m["by_inference"]["max"] == m["top1"]
+    assert set(m["posthoc"]) == {"la_tau0.5", "la_tau1.0", "la_tau1.5", "la_tau2.0", "taunorm0.5", "taunorm1.0"}
+    history = [json.loads(x) for x in (metrics_file.parent / "history.jsonl").read_text().splitlines()]
+    assert all(set(h["val_by_inference"]) == set(m["by_inference"]) and set(h["val_posthoc"]) == set(m["posthoc"])
+               for h in history)
+    assert m["val"]["by_inference"] == history[-1]["val_by_inference"]
     assert m["clusters_per_class"][0] == 10 and m["clusters_per_class"][-1] == 1  # Eq. 3 with u = 10
     assert m["class_counts"][0] > m["class_counts"][-1]  # long-tailed
     e = run_cli("eval", str(metrics_file.parent))
     assert e.returncode == 0, e.stderr[-2000:]
     assert json.loads(e.stdout)["top1"] == pytest.approx(m["top1"])  # same checkpoint, same test subset
+
+
+def test_describe_prints_the_lr_schedule_and_its_sources(data_root, capsys):
+    assert main(["describe", "--preset", "cifar10-lt"]) == 0
+    rows = {int(ln.split()[1].rstrip(":")): ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("epoch")}
+    want = {0: 0.02, 4: 0.1, 5: 0.1, 119: 0.1, 120: 0.001, 159: 0.001, 160: 1e-5, 199: 1e-5}
+    assert sorted(rows) == sorted(want)
+    assert {e: float(rows[e].split()[2]) for e in want} == pytest.approx(want)
+    assert "warm-up not in the paper; LDAM-DRW and BBN" in rows[0]
+    assert "BBN's LR_FACTOR 0.01" in rows[120] and "(120, 160)" in rows[160] and "paper Sec. 3.1" in rows[5]
 
 
 def test_describe_prints_ldam_counts_and_eq3(data_root, capsys):

@@ -6,7 +6,7 @@ import torch
 
 from twohead.config import apply_overrides, TrainConfig
 from twohead.division import DivisionPlan
-from twohead.heads import FeatureBalancingHead, channels_per_class, clusters_to_classes
+from twohead.heads import FeatureBalancingHead, channels_per_class
 from twohead.model import TwoHeadModel, create_model
 
 
@@ -52,21 +52,6 @@ def test_feature_proj_none_rejects_non_multiple():
         channels_per_class(64, 10, "none")
 
 
-def test_k_to_c_sum_max_fuse():
-    plan = DivisionPlan((2, 1))
-    cmap = torch.nn.functional.one_hot(torch.as_tensor(plan.cluster_to_class), 2).float()
-    logits = torch.tensor([[2.0, 0.0, 1.0]])
-    p = logits.softmax(1)[0]
-    s = clusters_to_classes(logits, cmap, 2, "sum")
-    assert torch.allclose(s[0], torch.stack([p[0] + p[1], p[2]]))
-    mx = clusters_to_classes(logits, cmap, 2, "max")
-    assert torch.allclose(mx[0], torch.tensor([2.0, 1.0]).softmax(0))
-    fbh = torch.tensor([[0.0, 3.0]])
-    f = clusters_to_classes(logits, cmap, 2, "fuse", fbh)
-    assert torch.allclose(f, 0.5 * (s + fbh.softmax(1)))
-    assert torch.allclose(s.sum(1), torch.ones(1))
-
-
 class TinyBackbone(torch.nn.Module):
     out_channels = 12
 
@@ -107,3 +92,19 @@ def test_create_model_takes_the_data_resolution():
                                          "data.path": "/x"})
     assert create_model(cfg, [5, 3], image_size=96).backbone.conv1.stride == (2, 2)  # ImageNet stem kept
     assert create_model(cfg, [5, 3]).backbone.conv1.stride == (1, 1)  # nominal 32 px: small-input stem
+
+
+def test_ablation_rows_share_one_architecture():
+    """Table 4: FBH only, CDH only and both read the same projected features (ResNet-32: D = 64 -> 7 x 10 = 70)."""
+    counts = [500, 200, 80, 30, 20, 15, 12, 10, 9, 8]
+    models = {m: create_model(apply_overrides(TrainConfig(), {"method.name": m}), counts)
+              for m in ("fbh_only", "cdh_only", "twohead", "ce")}
+    for m in ("fbh_only", "cdh_only", "twohead"):
+        proj = models[m].proj
+        assert isinstance(proj, torch.nn.Sequential) and proj[0].in_channels == 64 and proj[0].out_channels == 70, m
+        assert models[m].cdh.fc.in_features == 70, m
+    assert models["fbh_only"].fbh is not None and models["cdh_only"].fbh is None
+    shared = {k: v.shape for k, v in models["cdh_only"].state_dict().items() if not k.startswith(("cdh.", "fbh."))}
+    for m in ("fbh_only", "twohead"):
+        assert {k: v.shape for k, v in models[m].state_dict().items() if not k.startswith(("cdh.", "fbh."))} == shared
+    assert isinstance(models["ce"].proj, torch.nn.Identity) and models["ce"].cdh.fc.in_features == 64  # plain CE row

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from twohead.config import METHODS, apply_overrides, load_config
+from twohead.config import METHODS, ConfigError, apply_overrides, load_config
 from twohead.data import LTData, Split
 from twohead.division import DivisionError
 from twohead.loop import LocalReporter, RunExistsError, fit, lr_at
@@ -38,11 +38,16 @@ def tiny_cfg(tmp_path, **over):
     return load_config(overrides=base)
 
 
-def test_lr_schedule_follows_the_recipe():
-    cfg = load_config()
-    assert lr_at(cfg, 0) == pytest.approx(0.02) and lr_at(cfg, 4) == pytest.approx(0.1)  # 5-epoch warm-up
-    assert lr_at(cfg, 119) == pytest.approx(0.1) and lr_at(cfg, 120) == pytest.approx(0.01)
-    assert lr_at(cfg, 160) == pytest.approx(0.001) and lr_at(cfg, 199) == pytest.approx(0.001)
+@pytest.mark.parametrize("preset", ["cifar10-lt", "cifar100-lt", "tiny-imagenet-lt"])
+def test_lr_schedule_is_the_papers_bbn_recipe(preset):
+    """0.1, x0.01 at each of epochs 120 and 160 (BBN's LR_FACTOR), after LDAM-DRW/BBN's 5-epoch linear warm-up."""
+    cfg = load_config(preset=preset)
+    want = {0: 0.02, 4: 0.1, 5: 0.1, 119: 0.1, 120: 0.001, 159: 0.001, 160: 1e-5, 199: 1e-5}
+    assert {e: lr_at(cfg, e) for e in want} == pytest.approx(want, rel=1e-9)
+    assert lr_at(apply_overrides(cfg, {"optim.lr_gamma": 0.1}), 160) == pytest.approx(0.001)  # still configurable
+
+
+def test_cosine_schedule_of_imagenet_lt():
     cos = load_config(preset="imagenet-lt")
     assert lr_at(cos, 5) == pytest.approx(0.2) and lr_at(cos, 89) < 0.001
 
@@ -52,7 +57,8 @@ def test_fit_writes_resolved_config_history_metrics_and_plots(tmp_path):
     result = fit(cfg, data=synthetic())
     out = tmp_path / cfg.run_name()
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("top1", "per_class_recall", "many", "medium", "few", "ece", "val", "weight_norms", "wall_s", "torch"):
+    for key in ("top1", "per_class_recall", "many", "medium", "few", "ece", "val", "weight_norms", "wall_s", "torch",
+                "by_inference", "posthoc", "cluster_seed"):
         assert key in metrics
     assert metrics == json.loads(json.dumps(result))
     assert len(metrics["per_class_recall"]) == 3 and metrics["clusters_per_class"] == [3, 2, 1]
@@ -121,11 +127,47 @@ def test_division_error_is_raised_before_anything_is_written(tmp_path):
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_trains_and_evaluates(tmp_path, method):
+def test_every_method_trains_and_reports_every_reading(tmp_path, method):
     cfg = tiny_cfg(tmp_path, **{"method.name": method, "optim.epochs": 2})
     result = fit(cfg, data=synthetic())
-    assert 0 <= result["top1"] <= 100 and len(result["weight_norms"]) == 3
-    assert np.isfinite([h["train_loss"] for h in [json.loads(x) for x in (tmp_path / cfg.run_name() / "history.jsonl").read_text().splitlines()]]).all()
+    spec = METHODS[method]
+    readings = ["max", "sum", "fuse", "fbh"] if spec.fbh else ["max", "sum"]
+    assert list(result["by_inference"]) == readings
+    assert result["by_inference"][cfg.model.inference] == result["top1"]  # the headline is the default reading
+    posthoc = ["la_tau0.5", "la_tau1.0", "la_tau1.5", "la_tau2.0"] + ([] if spec.normed_classifier else ["taunorm0.5", "taunorm1.0"])
+    assert list(result["posthoc"]) == posthoc
+    assert len(result["weight_norms"]) == 3 and len(result["cluster_weight_norms"]) == sum(result["clusters_per_class"])
+    history = [json.loads(x) for x in (tmp_path / cfg.run_name() / "history.jsonl").read_text().splitlines()]
+    assert np.isfinite([h["train_loss"] for h in history]).all()
+    for h in history:  # validation counterparts at every evaluation
+        assert list(h["val_by_inference"]) == readings and list(h["val_posthoc"]) == posthoc
+        assert h["val_by_inference"][cfg.model.inference] == h["val_top1"]
+        assert set(h["val_by_inference_groups"]["max"]) == {"top1", "many", "medium", "few", "worst_class"}
+
+
+def test_test_curve_records_the_best_epoch_beside_the_final_one(tmp_path):
+    """run.test_curve: test top-1 every epoch from the first lr milestone on; the headline stays the final epoch."""
+    cfg = tiny_cfg(tmp_path, **{"optim.epochs": 4, "optim.milestones": [2], "run.test_curve": True})
+    result = fit(cfg, data=synthetic())
+    history = [json.loads(x) for x in (tmp_path / cfg.run_name() / "history.jsonl").read_text().splitlines()]
+    assert ["test_top1" in h for h in history] == [False, False, True, True]  # 0-based epochs 2, 3 (from milestone 2)
+    best = result["test_best_over_epochs"]
+    curve = {h["epoch"]: h["test_top1"] for h in history if "test_top1" in h}
+    assert curve[4] == result["top1"]
+    assert best["top1"] == max(curve.values()) and curve[best["epoch"]] == best["top1"] and best["from_epoch"] == 3
+    plain = fit(apply_overrides(cfg, {"run.test_curve": False, "run.name": "plain"}), data=synthetic())
+    assert plain["test_best_over_epochs"] is None and plain["top1"] == result["top1"]  # tracking changes nothing
+
+
+def test_cluster_split_follows_the_run_seed_unless_pinned(tmp_path):
+    from twohead.clusters import division_for
+
+    data = synthetic()
+    splits = [division_for(tiny_cfg(tmp_path, **{"optim.seed": s}), data)[1] for s in (0, 1, 2)]
+    assert all(not np.array_equal(splits[i], splits[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+    pinned = [division_for(tiny_cfg(tmp_path, **{"optim.seed": s, "method.cluster_seed": 7}), data)[1] for s in (0, 1)]
+    assert np.array_equal(pinned[0], pinned[1])
+    assert np.array_equal(splits[1], division_for(tiny_cfg(tmp_path, **{"optim.seed": 5, "method.cluster_seed": 1}), data)[1])
 
 
 def test_two_head_learns_the_synthetic_task(tmp_path):
@@ -163,5 +205,5 @@ def test_kmeans_division_on_features_of_a_checkpoint(tmp_path):
     result = fit(cfg, data=data)
     assert result["clusters_per_class"] == [3, 2, 1]
     bad = apply_overrides(cfg, {"run.name": "km2", "method.embedding": f"checkpoint:{tmp_path}/nope.pt"})
-    with pytest.raises(Exception, match="nope.pt"):
+    with pytest.raises(ConfigError, match="method.embedding=checkpoint:.*nope.pt: file does not exist"):
         fit(bad, data=data)

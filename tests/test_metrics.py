@@ -13,7 +13,14 @@ from PIL import Image
 from torch import nn
 
 from twohead import plots
-from twohead.metrics import classification_report, expected_calibration_error, group_of_classes, weight_norms
+from twohead.metrics import (
+    classification_report,
+    cluster_weight_norms,
+    expected_calibration_error,
+    group_of_classes,
+    recall_report,
+    weight_norms,
+)
 
 # --------------------------------------------------------------------------- a hand-made 4-class example
 # train counts: class 0 many (150), classes 1, 2 medium (100, 20: both boundaries inclusive), class 3 few (19)
@@ -37,6 +44,9 @@ def test_report_hand_computed():
     assert r["many"] == pytest.approx(200 / 3)
     assert r["medium"] == pytest.approx(75.0)  # class-balanced mean of 50 and 100, not 3/4 of pooled samples
     assert r["few"] == pytest.approx(0.0)
+    assert r["worst_class"] == pytest.approx(0.0)  # class 3: 0/1
+    assert recall_report(PREDS, LABELS, COUNTS) == {k: r[k] for k in ("top1", "per_class_recall", "many", "medium",
+                                                                       "few", "worst_class")}
     # all 8 samples sit in the (0.667, 0.733] bin: |acc 0.625 - conf 0.7| = 7.5 %
     assert r["ece"] == pytest.approx(7.5)
     assert r["nll"] == pytest.approx((5 * -math.log(0.7) + 3 * -math.log(0.1)) / 8)
@@ -150,12 +160,13 @@ class _StandIn(nn.Module):
 ROWS = [[3.0, 4.0], [1.0, 0.0], [0.0, 2.0], [6.0, 8.0], [0.0, 0.5]]  # row norms 5, 1, 2, 10, 0.5
 
 
-def test_weight_norms_summed_per_class_for_cdh():
+def test_weight_norms_are_the_mean_cluster_norm_per_class_for_cdh():
     m = _StandIn(ROWS, cluster_to_class=[0, 0, 0, 1, 2])  # K=5 clusters -> C=3 classes
-    assert weight_norms(m) == pytest.approx([8.0, 10.0, 0.5])
+    assert weight_norms(m) == pytest.approx([(5 + 1 + 2) / 3, 10.0, 0.5])  # mean, comparable with a C-way row
+    assert cluster_weight_norms(m) == pytest.approx([5.0, 1.0, 2.0, 10.0, 0.5])
     # clusters need not be contiguous
     m2 = _StandIn(ROWS, cluster_to_class=[2, 0, 2, 1, 0])
-    assert weight_norms(m2) == pytest.approx([1.5, 10.0, 7.0])
+    assert weight_norms(m2) == pytest.approx([(1 + 0.5) / 2, 10.0, (5 + 2) / 2])
 
 
 def test_weight_norms_without_cdh_and_wrapped():
@@ -168,7 +179,7 @@ def test_weight_norms_without_cdh_and_wrapped():
             self.module = inner
 
     out = weight_norms(Wrapper(_StandIn(ROWS, [0, 0, 0, 1, 2])))
-    assert out == pytest.approx([8.0, 10.0, 0.5])
+    assert out == pytest.approx([8.0 / 3, 10.0, 0.5])
     json.dumps(out)
 
 

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "fit": "twohead.loop",
-    "evaluate": "twohead.loop",
+    "evaluate": "twohead.evaluation",
     "create_model": "twohead.model",
     "TwoHeadModel": "twohead.model",
     "create_backbone": "twohead.backbones",
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backbones import create_backbone
     from .data import build_data
     from .losses import build_criterion
-    from .loop import evaluate, fit
+    from .evaluation import evaluate
+    from .loop import fit
     from .metrics import classification_report
     from .model import TwoHeadModel, create_model

@@ -46,17 +46,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from .data import build_data
-    from .loop import evaluate, resolve_device
+    from .evaluation import evaluate
     from .model import create_model
+    from .runs import load_checkpoint
+    from .runtime import resolve_device
 
     path = Path(args.run)
-    ckpt = path / "checkpoint.pt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ConfigError(f"no checkpoint at {ckpt}")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path)
     cfg = TrainConfig.from_dict(state["config"])
     if args.overrides:
         cfg = apply_overrides(cfg, args.overrides)
@@ -77,6 +74,7 @@ def cmd_eval(args) -> int:
 def cmd_describe(args) -> int:
     from .data import describe_counts
     from .division import clusters_per_class
+    from .schedule import explain_lr, lr_at
 
     cfg = _load(args)
     info = describe_counts(cfg.data)
@@ -91,7 +89,23 @@ def cmd_describe(args) -> int:
     print(f"val {info.get('val_total', 0)}  test {info.get('test_total', 0)}")
     for note in info.get("notes") or []:
         print(f"note: {note}")
+    print(f"learning rate ({cfg.optim.schedule}, {cfg.optim.epochs} epochs; epochs are 0-based):")
+    for e in _lr_epochs(cfg):
+        print(f"  epoch {e:>3}: {lr_at(cfg, e):<8.3g} {explain_lr(cfg, e)}")
     return 0
+
+
+def _lr_epochs(cfg: TrainConfig) -> list[int]:
+    """The epochs where the schedule changes character: warm-up start and end, each side of every milestone, last."""
+    o = cfg.optim
+    marks = {0, o.epochs - 1}
+    if o.warmup_epochs:
+        marks |= {o.warmup_epochs - 1, o.warmup_epochs}
+    for m in o.milestones:
+        marks |= {m - 1, m}
+    if o.schedule == "cosine":
+        marks |= {o.epochs // 2}
+    return sorted(e for e in marks if 0 <= e < o.epochs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .data import DataError
     from .division import DivisionError
-    from .loop import RunExistsError
+    from .runs import CheckpointError, RunExistsError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, DivisionError, RunExistsError) as e:
+    except (ConfigError, DataError, DivisionError, RunExistsError, CheckpointError) as e:
         print(f"twohead: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,12 +1,14 @@
-"""The two heads of the paper (Fig. 2) and the K-to-C inference map.
+"""The two heads of the paper (Fig. 2); the test-time K-to-C readings are in :mod:`twohead.readings`.
 
 * :class:`FeatureBalancingHead` (Sec. 2.1, Eq. 1): the D-channel feature map is split into C equal groups;
   group c is convolved with its own kernel K_c (all C convolutions are ONE group convolution with
   ``groups=C``), then global average pooling gives the C logits z_i trained with L1 = CE (Eq. 2).
-* :class:`ClassDivisionHead` (Sec. 2.2): global average pooling and a K-way classifier over the K clusters.
+* :class:`ClassDivisionHead` (Sec. 2.2): a K-way classifier over the K clusters, on globally average-pooled features.
 * :class:`FeatureProjection`: the paper assumes D is a multiple of C ("without loss of generality"); ResNet-32
   has D = 64 with C = 10 or 100. When it is not, a 1x1 conv + BN + ReLU maps D to m*C channels,
-  m = max(1, ceil(D / C)), at the end of the feature extractor, so BOTH heads read the balanced features.
+  m = max(1, ceil(D / C)), at the end of the feature extractor, so BOTH heads read the balanced features. Every
+  method of the two-head family (FBH only, CDH only, both: Table 4) gets the same projection, so the ablation's
+  rows share one architecture and differ only in the losses that train it.
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ __all__ = [
     "ClassDivisionHead",
     "NormedLinear",
     "channels_per_class",
-    "clusters_to_classes",
 ]
 
 
@@ -100,41 +101,17 @@ class NormedLinear(nn.Module):
 
 
 class ClassDivisionHead(nn.Module):
-    """GAP + a K-way classifier over the clusters (Sec. 2.2); K = C gives the ordinary classifier."""
+    """A K-way classifier over the clusters (Sec. 2.2), applied to globally average-pooled features [B, D];
+    K = C gives the ordinary classifier."""
 
     def __init__(self, in_channels: int, num_outputs: int, normed: bool = False):
         super().__init__()
         self.fc = NormedLinear(in_channels, num_outputs) if normed else nn.Linear(in_channels, num_outputs)
+        self.normed = normed
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(feats.mean(dim=(2, 3)))
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc(pooled)
 
     def weight_rows(self) -> torch.Tensor:
         """[K, D] classifier weights, one row per output (for the per-class weight norms of Fig. 3)."""
         return self.fc.rows() if isinstance(self.fc, NormedLinear) else self.fc.weight
-
-
-def clusters_to_classes(
-    logits: torch.Tensor,
-    class_map: torch.Tensor,
-    num_classes: int,
-    mode: str = "sum",
-    fbh: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Class probabilities [B, C] from the K cluster logits (the test-time K-to-C map, Sec. 2.2).
-
-    ``class_map`` is a [K, C] one-hot float matrix (cluster k belongs to class c).
-    * ``sum``: softmax over the K clusters, then the probabilities of each class's clusters are summed.
-    * ``max``: each class scores its best cluster logit; softmax over the C scores.
-    * ``fuse``: the ``sum`` probabilities averaged with the FBH softmax (the auxiliary head as an ensemble).
-    """
-    logits = logits.float()
-    if mode == "max":
-        idx = class_map.argmax(dim=1).expand(logits.shape[0], -1)
-        scores = logits.new_full((logits.shape[0], num_classes), float("-inf"))
-        scores = scores.scatter_reduce(1, idx, logits, reduce="amax", include_self=True)
-        return scores.softmax(dim=1)
-    probs = logits.softmax(dim=1) @ class_map
-    if mode == "fuse" and fbh is not None:
-        probs = 0.5 * (probs + fbh.float().softmax(dim=1))
-    return probs

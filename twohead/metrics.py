@@ -37,6 +37,8 @@ __all__ = [
     "classification_report",
     "expected_calibration_error",
     "weight_norms",
+    "cluster_weight_norms",
+    "recall_report",
 ]
 
 #: a class is "many" if it has strictly more training images than this (paper Sec. 3.2)
@@ -131,7 +133,8 @@ def classification_report(
 
     Returns:
         JSON-serialisable dict: ``top1``, ``per_class_recall`` (C entries, ``None`` for a class without
-        evaluation samples), ``many``, ``medium``, ``few`` (``None`` for an empty group), ``ece``, ``nll``
+        evaluation samples), ``many``, ``medium``, ``few`` (``None`` for an empty group), ``worst_class`` (the
+        lowest per-class recall), ``ece``, ``nll``
         (mean negative log-likelihood, nats), ``num_samples``, ``num_classes``, ``confusion`` (dense C x C
         list, or ``None`` above :data:`DENSE_CONFUSION_MAX_CLASSES` classes) and, in the sparse case,
         ``confusion_sparse``. See the module docstring for the conventions.
@@ -173,27 +176,14 @@ def classification_report(
         )
 
     pred = p.argmax(axis=1)  # ties -> lowest class index, deterministic
-    correct = pred == y
-    confusion = np.bincount(y * c + pred, minlength=c * c).reshape(c, c)
-    support = confusion.sum(axis=1)
-    diag = np.diag(confusion)
-    per_class: list[float | None] = [
-        float(diag[k] / support[k] * 100.0) if support[k] > 0 else None for k in range(c)
-    ]
-    groups = group_of_classes(counts)
     p_true = p[np.arange(n), y]
-
-    report: dict[str, Any] = {
-        "top1": float(correct.mean() * 100.0),
-        "per_class_recall": per_class,
-        "many": _mean_or_none([per_class[k] for k in groups["many"]]),
-        "medium": _mean_or_none([per_class[k] for k in groups["medium"]]),
-        "few": _mean_or_none([per_class[k] for k in groups["few"]]),
-        "ece": expected_calibration_error(p.max(axis=1), correct),
-        "nll": float(-np.log(np.clip(p_true, _NLL_EPS, None)).mean()),
-        "num_samples": int(n),
-        "num_classes": int(c),
-    }
+    report, confusion = _recall_report(pred, y, counts)
+    report.update(
+        ece=expected_calibration_error(p.max(axis=1), pred == y),
+        nll=float(-np.log(np.clip(p_true, _NLL_EPS, None)).mean()),
+        num_samples=int(n),
+        num_classes=int(c),
+    )
     if c <= DENSE_CONFUSION_MAX_CLASSES:
         report["confusion"] = confusion.tolist()
     else:
@@ -203,19 +193,50 @@ def classification_report(
     return report
 
 
-def weight_norms(model: Any) -> list[float]:
-    """Per-class L2 norm of the main classifier's weight rows (the paper's Fig. 3, second row).
+def _recall_report(pred: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    c = counts.size
+    confusion = np.bincount(y * c + pred, minlength=c * c).reshape(c, c)
+    support = confusion.sum(axis=1)
+    diag = np.diag(confusion)
+    per_class: list[float | None] = [
+        float(diag[k] / support[k] * 100.0) if support[k] > 0 else None for k in range(c)
+    ]
+    groups = group_of_classes(counts)
+    present = [v for v in per_class if v is not None]
+    report = {
+        "top1": float((pred == y).mean() * 100.0),
+        "per_class_recall": per_class,
+        "many": _mean_or_none([per_class[k] for k in groups["many"]]),
+        "medium": _mean_or_none([per_class[k] for k in groups["medium"]]),
+        "few": _mean_or_none([per_class[k] for k in groups["few"]]),
+        "worst_class": float(min(present)) if present else None,
+    }
+    return report, confusion
 
-    With a class-division head the main classifier has K >= C rows, one per cluster (Sec. 2.2); the value of
-    class ``c`` is then the **sum** of the row norms of its clusters, so a majority class split into ``u_c``
-    clusters is credited with all of its classifier mass. Without CDH (K == C, identity mapping) this is the
-    plain per-row norm.
 
-    The model must expose ``classifier_weight() -> Tensor [K, D]`` and ``cluster_to_class`` (``[K]`` ints,
-    tensor or array; ``None``/absent means identity). A DDP/``torch.compile`` wrapper is unwrapped via
-    ``.module`` / ``._orig_mod``. The number of classes is ``model.num_classes`` when present, else
-    ``max(cluster_to_class) + 1``.
-    """
+def recall_report(
+    pred: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    train_class_counts: Sequence[int] | np.ndarray,
+) -> dict[str, Any]:
+    """``top1``, ``per_class_recall``, ``many`` / ``medium`` / ``few`` and ``worst_class`` (the lowest per-class
+    recall) of predicted class indices; the conventions of :func:`classification_report`."""
+    counts = _counts_array(train_class_counts)
+    pred = np.asarray(pred, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.int64)
+    if pred.shape != y.shape or pred.ndim != 1 or pred.size == 0:
+        raise ValueError(f"pred {pred.shape} and labels {y.shape} must be equal non-empty 1-D")
+    bad = np.flatnonzero((y < 0) | (y >= counts.size) | (pred < 0) | (pred >= counts.size))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"label {int(y[i])} / prediction {int(pred[i])} at position {i} is outside [0, {counts.size})")
+    return _recall_report(pred, y, counts)[0]
+
+
+
+
+def _classifier_rows(model: Any) -> tuple[Any, Any]:
+    """(row norms [K] float64 CPU, cluster_to_class [K] long, num_classes) of the main classifier."""
     import torch
 
     inner = model
@@ -231,10 +252,7 @@ def weight_norms(model: Any) -> list[float]:
         row_norms = torch.linalg.vector_norm(w.float(), dim=1).cpu().double()
     k = row_norms.numel()
     mapping = getattr(inner, "cluster_to_class", None)
-    if mapping is None:
-        c2c = torch.arange(k)
-    else:
-        c2c = torch.as_tensor(mapping).detach().cpu().long().flatten()
+    c2c = torch.arange(k) if mapping is None else torch.as_tensor(mapping).detach().cpu().long().flatten()
     if c2c.numel() != k:
         raise ValueError(f"cluster_to_class has {c2c.numel()} entries but the classifier has {k} rows")
     num_classes = getattr(inner, "num_classes", None)
@@ -242,5 +260,31 @@ def weight_norms(model: Any) -> list[float]:
     if k and (int(c2c.min()) < 0 or int(c2c.max()) >= num_classes):
         bad = int(c2c[(c2c < 0) | (c2c >= num_classes)][0])
         raise ValueError(f"cluster_to_class contains class {bad}, outside [0, {num_classes})")
-    per_class = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, c2c, row_norms)
-    return [float(v) for v in per_class]
+    return row_norms, c2c, num_classes
+
+
+def weight_norms(model: Any) -> list[float]:
+    """Per-class L2 norm of the main classifier's weight rows (the paper's Fig. 3, second row).
+
+    With a class-division head the main classifier has K >= C rows, one per cluster (Sec. 2.2); the value of
+    class ``c`` is then the **mean** row norm of its u_c clusters, the quantity comparable with a C-way classifier's
+    row norm (a sum would credit a head class split into u_c clusters with about u_c times its norm and draw the
+    opposite of the figure it redraws). Without CDH (K == C) this is the plain per-row norm;
+    :func:`cluster_weight_norms` gives the K per-cluster norms.
+
+    The model must expose ``classifier_weight() -> Tensor [K, D]`` and ``cluster_to_class`` (``[K]`` ints,
+    tensor or array; ``None``/absent means identity). A DDP/``torch.compile`` wrapper is unwrapped via
+    ``.module`` / ``._orig_mod``. The number of classes is ``model.num_classes`` when present, else
+    ``max(cluster_to_class) + 1``.
+    """
+    import torch
+
+    row_norms, c2c, num_classes = _classifier_rows(model)
+    total = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, c2c, row_norms)
+    n = torch.bincount(c2c, minlength=num_classes).double()
+    return [float(t / m) if m > 0 else 0.0 for t, m in zip(total.tolist(), n.tolist())]
+
+
+def cluster_weight_norms(model: Any) -> list[float]:
+    """The L2 norm of each of the K rows of the main classifier (one per cluster, in cluster order)."""
+    return [float(v) for v in _classifier_rows(model)[0]]

@@ -11,14 +11,8 @@ import torch
 from torch import nn
 
 from .division import DivisionPlan
-from .heads import (
-    ClassDivisionHead,
-    FeatureBalancingHead,
-    FeatureProjection,
-    HeadOutput,
-    channels_per_class,
-    clusters_to_classes,
-)
+from .heads import ClassDivisionHead, FeatureBalancingHead, FeatureProjection, HeadOutput, channels_per_class
+from .readings import class_log_probs
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -27,6 +21,12 @@ __all__ = ["TwoHeadModel", "create_model"]
 
 
 class TwoHeadModel(nn.Module):
+    """backbone -> (projection) -> {FBH on the feature map, GAP -> K-way CDH classifier}.
+
+    ``project_features`` is set for every method of the two-head family (FBH only, CDH only, both), so the
+    Table 4 ablation's rows share the projection and the classifier's input; baselines keep the plain backbone.
+    """
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -35,7 +35,8 @@ class TwoHeadModel(nn.Module):
         fbh: bool = True,
         fbh_kernel: int = 3,
         feature_proj: str = "auto",
-        inference: str = "sum",
+        project_features: bool | None = None,
+        inference: str = "max",
         normed_classifier: bool = False,
     ):
         super().__init__()
@@ -47,26 +48,34 @@ class TwoHeadModel(nn.Module):
         self.proj: nn.Module = nn.Identity()
         width = D
         self.fbh: FeatureBalancingHead | None = None
-        if fbh:
+        if fbh or project_features:  # the FBH needs m*C channels; the two-head family shares them
             m, project = channels_per_class(D, C, feature_proj)
             if project:
                 self.proj = FeatureProjection(D, m * C)
                 width = m * C
-            self.fbh = FeatureBalancingHead(C, m, fbh_kernel)
+        if fbh:
+            self.fbh = FeatureBalancingHead(C, width // C, fbh_kernel)
         self.cdh = ClassDivisionHead(width, plan.num_clusters, normed=normed_classifier)
-        cluster_to_class = torch.as_tensor(plan.cluster_to_class, dtype=torch.long)
-        self.register_buffer("cluster_to_class", cluster_to_class, persistent=False)
-        self.register_buffer(
-            "class_map", torch.nn.functional.one_hot(cluster_to_class, C).float(), persistent=False
-        )
+        self.register_buffer("cluster_to_class", torch.as_tensor(plan.cluster_to_class, dtype=torch.long),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> HeadOutput:
-        feats = self.proj(self.backbone(x))
-        return HeadOutput(self.cdh(feats), self.fbh(feats) if self.fbh is not None else None)
+        return self.outputs(x)[0]
 
-    def probs(self, out: HeadOutput) -> torch.Tensor:
-        """[B, C] class probabilities from a forward output (model.inference: sum | max | fuse)."""
-        return clusters_to_classes(out.logits, self.class_map, self.num_classes, self.inference, out.fbh)
+    def outputs(self, x: torch.Tensor) -> tuple[HeadOutput, torch.Tensor]:
+        """The heads' logits and the pooled features [B, D'] the classifier reads (for tau-normalisation and as a
+        clustering embedding), from one pass through the backbone."""
+        feats = self.proj(self.backbone(x))
+        pooled = feats.mean(dim=(2, 3))
+        return HeadOutput(self.cdh(pooled), self.fbh(feats) if self.fbh is not None else None), pooled
+
+    def log_probs(self, out: HeadOutput, reading: str | None = None) -> torch.Tensor:
+        """[B, C] class log-probabilities of a forward output under ``reading`` (default: ``model.inference``)."""
+        return class_log_probs(reading or self.inference, out.logits, self.cluster_to_class, self.num_classes, out.fbh)
+
+    def probs(self, out: HeadOutput, reading: str | None = None) -> torch.Tensor:
+        """[B, C] class probabilities of a forward output under ``reading`` (default: ``model.inference``)."""
+        return self.log_probs(out, reading).exp()
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +83,7 @@ class TwoHeadModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features [B, D'] that both heads read (used as a clustering embedding)."""
-        return self.proj(self.backbone(x)).mean(dim=(2, 3))
+        return self.outputs(x)[1]
 
     def classifier_weight(self) -> torch.Tensor:
         return self.cdh.weight_rows()
@@ -98,6 +107,7 @@ def create_model(cfg: "TrainConfig", class_counts: Sequence[int], image_size: in
         fbh=spec.fbh,
         fbh_kernel=cfg.model.fbh_kernel,
         feature_proj=cfg.model.feature_proj,
+        project_features=spec.fbh or spec.cdh,
         inference=cfg.model.inference,
         normed_classifier=spec.normed_classifier,
     )

@@ -138,7 +138,8 @@ def plot_run(
 
     Writes ``train_counts.png`` (training images per class), ``per_class_recall.png`` (from
     ``metrics["per_class_recall"]``, percent), ``weight_norms.png`` when ``metrics["weight_norms"]`` is present
-    (per-class classifier norms, CDH clusters summed per class, see :func:`twohead.metrics.weight_norms`) and
+    (per-class classifier norms; with a CDH the mean norm of the class's clusters, see
+    :func:`twohead.metrics.weight_norms`) and
     ``history.png`` when ``history`` (the per-epoch dicts of ``history.jsonl``) is given.
 
     Returns:
@@ -169,7 +170,7 @@ def plot_run(
         norms = _per_class(metrics["weight_norms"], c, 'metrics["weight_norms"]')
         fig = _new_figure(RUN_PANEL_SIZE, dpi)
         ax = fig.add_subplot()
-        _bars(ax, norms[order], counts[order], "weight norm", "classifier weight norm per class", "tab:orange")
+        _bars(ax, norms[order], counts[order], "weight norm", "classifier weight norm per class (mean over a class's clusters)", "tab:orange")
         written.append(_save(fig, out_dir / "weight_norms.png"))
 
     if history:

@@ -103,7 +103,7 @@ def test_refuses_to_overwrite_then_overwrites(tmp_path, data_root):
     assert {f: storage.sha256(storage.join(m.url, f))[0] for f in storage.list_files(m.url)} == before
 
     # --overwrite replaces the dataset and drops cluster labels derived from the old rows.
-    labels.ensure_labels(m, tiny_cfg().method)
+    labels.ensure_labels(m, tiny_cfg())
     assert any(f.startswith("labels/") for f in storage.list_files(m.url))
     m2 = prepare.prepare(tiny_cfg("data.imbalance=10"), str(tmp_path), name="ds", overwrite=True)
     assert m2.class_counts != m.class_counts
@@ -195,12 +195,12 @@ def test_upload_dir_is_complete_when_marker_exists(tmp_path, bucket):
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["random", "kmeans"])
 def test_labels_equal_the_local_runs_clusters(local_ds, data, method):
-    from twohead.loop import division_for
+    from twohead.clusters import division_for
 
     cfg = tiny_cfg(f"method.clustering={method}")
     plan, local = division_for(cfg, data)
     m = storage.read_manifest(local_ds)
-    ids, clusters, plan2 = labels.compute_clusters(m, method, cfg.method.u, cfg.method.rounding, cfg.method.cluster_seed)
+    ids, clusters, plan2 = labels.compute_clusters(m, method, cfg.method.u, cfg.method.rounding, cfg.cluster_seed)
     assert plan2.u_per_class == plan.u_per_class
     np.testing.assert_array_equal(ids, data.train.ids)
     np.testing.assert_array_equal(clusters, local)
@@ -211,9 +211,9 @@ def test_labels_file_roundtrip_and_checks(local_ds, tmp_path):
 
     m = storage.read_manifest(local_ds)
     cfg = tiny_cfg()
-    url = labels.ensure_labels(m, cfg.method)
+    url = labels.ensure_labels(m, cfg)
     assert url == f"{local_ds}/labels/random-u10-rceil-s0.parquet"
-    assert labels.ensure_labels(m, cfg.method) == url  # computed once
+    assert labels.ensure_labels(m, cfg) == url  # computed once
     with pytest.raises(FileExistsError):
         labels.write_labels(m, "random", 10, "ceil", 0)
     plan = DivisionPlan.from_counts(m.class_counts, 10, "ceil")

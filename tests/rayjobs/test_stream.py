@@ -60,7 +60,7 @@ def set_row(t: pa.Table, column: str, row: int, value) -> pa.Table:
 
 
 def lookup_for(m: Manifest):
-    url = labels.ensure_labels(m, tiny_cfg().method)
+    url = labels.ensure_labels(m, tiny_cfg())
     return labels.load_lookup(url)[0]
 
 

@@ -1,0 +1,3 @@
+from rayjobs.reproduce.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Evaluating a model on a split: one forward pass, every reading and post-hoc correction scored from it.
+
+:func:`evaluate` returns the full :func:`twohead.metrics.classification_report` of the default reading
+(``model.inference``) plus, from the same pass:
+
+* ``by_inference``: test top-1 of each reading the model supports (``max``, ``sum``, ``fuse``, ``fbh``; see
+  :mod:`twohead.readings`), and ``by_inference_groups`` with their many / medium / few / worst-class recalls;
+* ``posthoc``: top-1 of logit adjustment and tau-normalisation on the default reading (``la_tau1.0``, ...).
+
+Only per-sample predictions (and, for the default reading, confidence and the true class's probability) are kept
+between batches, never [N, C] score matrices, so ImageNet-LT's 1000 classes cost a few MB.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .augment import normalize, to_nchw
+from .metrics import DENSE_CONFUSION_MAX_CLASSES, expected_calibration_error, recall_report
+from .runtime import amp_dtype
+from .readings import LA_TAUS, TAU_NORMS, log_prior, logit_adjusted, readings_of, tau_normalised_logits
+
+__all__ = ["Evaluator", "evaluate", "eval_batches", "GROUP_KEYS"]
+
+GROUP_KEYS = ("top1", "many", "medium", "few", "worst_class")  # what history / by_inference_groups keep per reading
+
+
+def eval_batches(split, image_size: int, batch_size: int = 512, num_workers: int = 0) -> Iterator[torch.Tensor]:
+    """uint8 image batches of a split in order: slices of in-memory pixels, or decoded files (resize + centre crop)."""
+    if split.images is not None:
+        for i in range(0, len(split), batch_size):
+            yield torch.from_numpy(np.ascontiguousarray(split.images[i : i + batch_size]))
+        return
+    from .data import FileDataset
+
+    ds = FileDataset(split, train=False, image_size=image_size)
+    for batch in torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        yield batch[0]
+
+
+class Evaluator:
+    """Accumulates one split's predictions under every reading and post-hoc variant, batch by batch."""
+
+    def __init__(self, model, class_counts, posthoc: bool = True):
+        self.model = model
+        self.default = model.inference
+        self.readings = readings_of(model.fbh is not None)
+        self.counts = np.asarray(class_counts, dtype=np.int64)
+        self.posthoc = posthoc
+        self.normed = bool(getattr(model.cdh, "normed", False))
+        dev = model.cluster_to_class.device
+        self.log_prior = log_prior(torch.as_tensor(self.counts)).to(dev)
+        self.weight = model.classifier_weight().detach()
+        self.taunorms = () if (self.normed or not posthoc) else TAU_NORMS
+        self.preds: dict[str, list[torch.Tensor]] = {}
+        self.conf: list[torch.Tensor] = []
+        self.p_true: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def _keep(self, name: str, log_probs: torch.Tensor) -> None:
+        self.preds.setdefault(name, []).append(log_probs.argmax(dim=1).cpu())
+
+    @torch.no_grad()
+    def add(self, out, pooled: torch.Tensor, labels: torch.Tensor) -> None:
+        labels = labels.to(out.logits.device)
+        for r in self.readings:
+            lp = self.model.log_probs(out, r)
+            self._keep(r, lp)
+            if r == self.default:
+                self.conf.append(lp.max(dim=1).values.exp().cpu())
+                self.p_true.append(lp.gather(1, labels[:, None])[:, 0].exp().cpu())
+                if self.posthoc:
+                    for tau in LA_TAUS:
+                        self._keep(f"la_tau{tau}", logit_adjusted(lp, self.log_prior, tau))
+        for tau in self.taunorms:
+            logits = tau_normalised_logits(pooled, self.weight, tau)
+            self._keep(f"taunorm{tau}", self.model.log_probs(out._replace(logits=logits), self.default))
+        self.labels.append(labels.cpu())
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        """Predicted class per sample under every reading and post-hoc variant (keys as in the report)."""
+        return {k: torch.cat(v).numpy().astype(np.int64) for k, v in self.preds.items()}
+
+    def report(self) -> dict[str, Any]:
+        y = torch.cat(self.labels).numpy().astype(np.int64)
+        preds = self.predictions()
+        pred = preds[self.default]
+        conf, p_true = torch.cat(self.conf).double().numpy(), torch.cat(self.p_true).double().numpy()
+        report = recall_report(pred, y, self.counts)
+        c = self.counts.size
+        confusion = np.bincount(y * c + pred, minlength=c * c).reshape(c, c)
+        report.update(
+            ece=expected_calibration_error(conf, pred == y),
+            nll=float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
+            num_samples=int(y.size),
+            num_classes=int(c),
+            reading=self.default,
+        )
+        groups = {r: {k: v for k, v in recall_report(preds[r], y, self.counts).items() if k in GROUP_KEYS}
+                  for r in self.readings}
+        report["by_inference"] = {r: g["top1"] for r, g in groups.items()}
+        report["by_inference_groups"] = groups
+        report["posthoc"] = {k: float((p == y).mean() * 100.0) for k, p in preds.items() if k not in self.readings}
+        if c <= DENSE_CONFUSION_MAX_CLASSES:
+            report["confusion"] = confusion.tolist()
+        else:
+            rows, cols = np.nonzero(confusion)
+            report["confusion"] = None
+            report["confusion_sparse"] = np.stack([rows, cols, confusion[rows, cols]], axis=1).tolist()
+        return report
+
+
+@torch.no_grad()
+def evaluate(model, split, data, cfg, device: torch.device, *, posthoc: bool = True, batch_size: int = 512) -> dict:
+    """Every reading's metrics on ``split`` from one forward pass (see the module docstring)."""
+    was_training = model.training
+    model.eval()
+    amp = amp_dtype(cfg, device)
+    ev = Evaluator(model, data.class_counts, posthoc=posthoc)
+    labels = torch.as_tensor(np.asarray(split.labels, dtype=np.int64))
+    seen = 0
+    image_size = cfg.data.image_size or int(data.image_size)
+    for x in eval_batches(split, image_size, batch_size, cfg.data.num_workers):
+        x = to_nchw(x.to(device, non_blocking=True))
+        if x.dtype == torch.uint8:
+            x = normalize(x, data.mean, data.std, cfg.model.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out, pooled = model.outputs(x)
+        out = out._replace(logits=out.logits.float(), fbh=None if out.fbh is None else out.fbh.float())
+        ev.add(out, pooled.float(), labels[seen : seen + x.shape[0]])
+        seen += x.shape[0]
+    model.train(was_training)
+    return ev.report()

@@ -1,0 +1,129 @@
+"""A run's folder: claiming it, checkpointing into it, and writing its final metrics.
+
+A folder ``OUT/NAME/`` holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one line per epoch),
+``checkpoint.pt`` (what a rerun resumes from, and what :func:`twohead.load` reads) and, once finished,
+``metrics.json`` and the plots. A folder holding another run's results is never overwritten; two configs are the
+same run when :func:`twohead.config.result_identity` agrees (output paths, data location and device aside).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from . import atomic
+from .config import TrainConfig, result_identity
+
+log = logging.getLogger("twohead")
+
+__all__ = ["RunExistsError", "Reporter", "LocalReporter", "claim_run_dir", "write_metrics", "load_checkpoint",
+           "CheckpointError"]
+
+
+class RunExistsError(RuntimeError):
+    """The output folder holds another run's results; refusing to overwrite them."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or not a twohead checkpoint."""
+
+
+class Reporter(Protocol):
+    def restore(self) -> dict | None:
+        """The state dict to resume from (what ``make_state`` returned), or None for a fresh run."""
+        ...
+
+    def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
+        """Called once per epoch on every rank; ``make_state`` is given on checkpoint epochs."""
+        ...
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A twohead checkpoint as a dict; :class:`CheckpointError` naming the file when it cannot be one."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt, or not a torch file: one clear line
+        raise CheckpointError(f"{p} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                              "delete it to retrain from scratch, or point at another checkpoint") from None
+    if not isinstance(state, dict) or not {"model", "config", "class_counts"} <= set(state):
+        raise CheckpointError(f"{p} is not a twohead checkpoint (no model / config / class_counts)")
+    return state
+
+
+class LocalReporter:
+    """Checkpoints to ``out_dir/checkpoint.pt`` (atomic replace), resumes from it."""
+
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir) / "checkpoint.pt"
+
+    def restore(self) -> dict | None:
+        return load_checkpoint(self.path) if self.path.is_file() else None
+
+    def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
+        if make_state is None:
+            return
+        with atomic.atomic_path(self.path) as tmp:
+            torch.save(make_state(), tmp)
+
+
+def _holds_results(out: Path) -> bool:
+    return (out / "checkpoint.pt").is_file() or (out / "metrics.json").is_file()
+
+
+def claim_run_dir(out: Path, cfg: TrainConfig, resuming: bool) -> None:
+    """Create the run folder, or refuse when it holds another run's results (nothing written is ever lost).
+
+    A folder left by a run that failed before its first checkpoint holds no results: its config and history are
+    kept beside the new ones (``*.<time>.yaml`` / ``.jsonl``) and the new run starts there.
+    """
+    cfg_file = out / "config.yaml"
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"{out} is a file, not a run folder; choose another run.name or out folder")
+    if out.exists() and any(out.iterdir()) and not resuming:
+        if not cfg_file.is_file():
+            raise RunExistsError(f"{out} is not empty and holds no twohead run; choose another run.name or out folder")
+        import yaml
+
+        same = result_identity(yaml.safe_load(cfg_file.read_text()) or {}) == result_identity(cfg.to_dict())
+        if _holds_results(out):
+            if not same:
+                raise RunExistsError(f"{out} holds results of a different config; choose another run.name or out folder")
+            if (out / "metrics.json").is_file() and not cfg.run.resume:
+                raise RunExistsError(f"{out} holds a finished run and run.resume=false; remove it or choose another run.name")
+        stamp = int(time.time())
+        for name, kept in (("history.jsonl", f"history.{stamp}.jsonl"), ("config.yaml", f"config.{stamp}.yaml")):
+            if (out / name).is_file() and (name == "history.jsonl" or not same):
+                (out / name).replace(out / kept)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(cfg_file, cfg.to_yaml())
+
+
+def write_metrics(out: Path, cfg: TrainConfig, result: dict[str, Any], history: list[dict], class_counts) -> dict:
+    """``metrics.json`` (atomically) and, when ``run.plots``, the per-run PNGs (a failed plot never loses metrics)."""
+    atomic.write_json(out / "metrics.json", result)
+    if cfg.run.plots:
+        try:
+            from .plots import plot_history, plot_run
+
+            plot_run(result, np.asarray(class_counts), out)
+            plot_history(history, out)
+        except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run's metrics
+            log.warning("plots failed: %s", e)
+    return result
+
+
+def append_history(out: Path, metrics: dict) -> None:
+    with open(out / "history.jsonl", "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+
+
+def rewrite_history(out: Path, history: list[dict]) -> None:
+    atomic.write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
