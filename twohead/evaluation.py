@@ -112,9 +112,13 @@ class Evaluator:
         return report
 
 
-@torch.no_grad()
-def evaluate(model, split, data, cfg, device: torch.device, *, posthoc: bool = True, batch_size: int = 512) -> dict:
-    """Every reading's metrics on ``split`` from one forward pass (see the module docstring)."""
+@torch.inference_mode()
+def evaluate(model, split, data, cfg, device: torch.device, *, posthoc: bool = True, batch_size: int | None = None) -> dict:
+    """Every reading's metrics on ``split`` from one forward pass (see the module docstring).
+
+    ``batch_size`` defaults to 1024 on CUDA (fewer launches) and 128 on CPU, where larger batches fall out of cache
+    (ResNet-32 forward on 2 cores: 1,580 img/s at 128, 800 at 512)."""
+    batch_size = batch_size or (1024 if device.type == "cuda" else 128)
     was_training = model.training
     model.eval()
     amp = amp_dtype(cfg, device)
