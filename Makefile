@@ -1,22 +1,24 @@
 # Two commands on a fresh machine (see README):
 #   make run    -> the main job on embedded defaults
-#   make test   -> every test
+#   make test   -> lint + every test (what CI runs)
 # Both create .venv and install what they need first.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Where the tests and the main job read datasets (CIFAR-10 Parquet etc.); override with TWOHEAD_DATA=...
-export TWOHEAD_DATA ?= $(abspath ../shared/data)
+# Without it the main job downloads CIFAR-10 into ~/.cache/twohead/data (see README, "Data").
+SHARED_DATA := $(abspath ../shared/data)
+export TWOHEAD_DATA ?= $(if $(wildcard $(SHARED_DATA)/cifar10/train.parquet),$(SHARED_DATA),)
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test bench install clean
+.PHONY: run test lint bench install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# constraints.txt pins the versions the tests ran with (torch 2.14.1 + torchvision 0.29.1 pair with each other)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[ray,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,7 +26,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m rayjobs.search --preset smoke --out runs/smoke-search
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

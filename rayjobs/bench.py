@@ -9,6 +9,7 @@ it. GPU timings use CUDA events after a warm-up; CPU timings use perf_counter. F
 12,406 images) it projects the 200-epoch training time (training steps only; evaluation excluded).
 Needs torch only (no Ray), so it runs on a bare GPU machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,30 @@ CIFAR10_LT_100 = [int(5000 * 0.01 ** (i / 9)) for i in range(10)]  # LDAM-DRW's 
 IMAGE_SIZE = {"resnet32": 32, "resnet110": 32, "vgg16": 32, "mobilenet_v2": 32, "resnet18": 64, "resnext50_32x4d": 64}
 
 
-def bench_one(backbone: str, method: str, steps: int, warmup: int, batch: int, device: str, compile_mode: str,
-              counts: list[int], amp: str = "auto") -> dict:
+def bench_one(
+    backbone: str,
+    method: str,
+    steps: int,
+    warmup: int,
+    batch: int,
+    device: str,
+    compile_mode: str,
+    counts: list[int],
+    amp: str = "auto",
+) -> dict:
     size = IMAGE_SIZE.get(backbone, 32)
-    cfg = load_config(overrides={
-        "model.backbone": backbone, "method.name": method, "optim.batch_size": batch, "optim.device": device,
-        "optim.compile": compile_mode, "optim.amp": amp, "optim.warmup_epochs": 0, "data.image_size": size,
-    })
+    cfg = load_config(
+        overrides={
+            "model.backbone": backbone,
+            "method.name": method,
+            "optim.batch_size": batch,
+            "optim.device": device,
+            "optim.compile": compile_mode,
+            "optim.amp": amp,
+            "optim.warmup_epochs": 0,
+            "data.image_size": size,
+        }
+    )
     dev = resolve_device(cfg)
     labels = np.repeat(np.arange(len(counts)), counts)
     plan = DivisionPlan.from_counts(counts, cfg.method.u) if cfg.spec.cdh else DivisionPlan.identity(len(counts))
@@ -72,8 +90,15 @@ def bench_one(backbone: str, method: str, steps: int, warmup: int, batch: int, d
         float(loss)
         secs = time.perf_counter() - t0
     img_s = steps * batch / secs
-    return {"backbone": backbone, "method": method, "img_per_s": img_s, "ms_per_step": 1000 * secs / steps,
-            "graphs": bool(step.graphs), "amp": str(amp_dtype(cfg, dev)), "device": str(dev)}
+    return {
+        "backbone": backbone,
+        "method": method,
+        "img_per_s": img_s,
+        "ms_per_step": 1000 * secs / steps,
+        "graphs": bool(step.graphs),
+        "amp": str(amp_dtype(cfg, dev)),
+        "device": str(dev),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,13 +127,21 @@ def main(argv: list[str] | None = None) -> int:
             r["proj_200ep_s"] = 200 * n_train / r["img_per_s"] if backbone in ("resnet32", "resnet110") else None
             rows.append(r)
     dev = rows[0]["device"]
-    card = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"# twohead step benchmark: {card}, torch {torch.__version__}, batch {args.batch}, {steps} timed steps after {warmup} warm-up")
+    card = (
+        torch.cuda.get_device_name()
+        if on_gpu
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
+    print(
+        f"# twohead step benchmark: {card}, torch {torch.__version__}, batch {args.batch}, {steps} timed steps after {warmup} warm-up"
+    )
     print("| backbone | method | img/s | ms/step | x first method | CIFAR-10-LT 200 ep (s) | graph | amp |")
     print("|---|---|---:|---:|---:|---:|---|---|")
     for r in rows:
         proj = f"{r['proj_200ep_s']:.0f}" if r["proj_200ep_s"] else "-"
-        print(f"| {r['backbone']} | {r['method']} | {r['img_per_s']:.0f} | {r['ms_per_step']:.2f} | {r['vs_first']:.3f} | {proj} | {r['graphs']} | {r['amp']} |")
+        print(
+            f"| {r['backbone']} | {r['method']} | {r['img_per_s']:.0f} | {r['ms_per_step']:.2f} | {r['vs_first']:.3f} | {proj} | {r['graphs']} | {r['amp']} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"card": card, "torch": torch.__version__, "device": dev, "rows": rows}, f, indent=1)

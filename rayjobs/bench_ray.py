@@ -17,6 +17,7 @@ a local Ray instance on this machine's cores, then measures
    epoch). Both use the same torch thread count (the Ray worker's 1 CPU on a CPU machine); the median epoch
    after the first is compared (the first pays for start-up). Target: Ray overhead <= 5 %.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ def start_s3() -> tuple[Any, str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_ENDPOINT_URL=endpoint,
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1"
+    )
     import boto3
 
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
@@ -84,9 +86,19 @@ def jpeg_dataset(url: str, n: int, side: int = 320, num_classes: int = 100) -> M
         storage.write_bytes(storage.join(url, rel), payload)
         shards.append(ShardInfo(rel, b - a, len(payload), hashlib.sha256(payload).hexdigest()))
     counts = np.bincount(labels, minlength=num_classes).tolist()
-    m = Manifest(dataset="jpeg-bench", num_classes=num_classes, class_names=[str(c) for c in range(num_classes)],
-                 class_counts=counts, image_size=224, image_format="jpeg", mean=[0.485, 0.456, 0.406],
-                 std=[0.229, 0.224, 0.225], data_config={}, splits={"train": SplitInfo(n, counts, shards)}, url=url)
+    m = Manifest(
+        dataset="jpeg-bench",
+        num_classes=num_classes,
+        class_names=[str(c) for c in range(num_classes)],
+        class_counts=counts,
+        image_size=224,
+        image_format="jpeg",
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        data_config={},
+        splits={"train": SplitInfo(n, counts, shards)},
+        url=url,
+    )
     storage.write_json(storage.join(url, storage.MANIFEST), m.to_json())
     return m
 
@@ -116,15 +128,25 @@ def inprocess_rate(m: Manifest, lookup, size: int, augment: bool, limit: int = 4
 
     from rayjobs.stream import decode_batch
 
-    t = pq.read_table(pa.BufferReader(storage.read_bytes(m.shard_urls("train")[0])), columns=["image", "label", "id"]).slice(0, limit)
-    batch = {"image": np.asarray(t.column("image").to_pylist(), dtype=object), "label": t.column("label").to_numpy(),
-             "id": t.column("id").to_numpy()}
+    t = pq.read_table(pa.BufferReader(storage.read_bytes(m.shard_urls("train")[0])), columns=["image", "label", "id"]).slice(
+        0, limit
+    )
+    batch = {
+        "image": np.asarray(t.column("image").to_pylist(), dtype=object),
+        "label": t.column("label").to_numpy(),
+        "id": t.column("id").to_numpy(),
+    }
     best = 0.0
     for _ in range(4):
         t0 = time.perf_counter()
         for i in range(0, len(t), 256):
-            decode_batch({k: v[i : i + 256] for k, v in batch.items()}, num_classes=m.num_classes, size=size,
-                         augment=augment, lookup=lookup)
+            decode_batch(
+                {k: v[i : i + 256] for k, v in batch.items()},
+                num_classes=m.num_classes,
+                size=size,
+                augment=augment,
+                lookup=lookup,
+            )
         best = max(best, len(t) / (time.perf_counter() - t0))
     return best
 
@@ -188,18 +210,35 @@ def main(argv: list[str] | None = None) -> int:
         lookup, _ = labels_mod.load_lookup(labels_mod.ensure_labels(cifar, full))
         n_cifar = cifar.splits["train"].num_rows
         r32, first32 = stream_rate(cifar, lookup)
-        res["stream_32"] = {"images": n_cifar, "img_per_s": r32, "img_per_s_per_core": r32 / cores, "first_batch_s": first32,
-                            "in_process_1core": inprocess_rate(cifar, lookup, 32, False)}
+        res["stream_32"] = {
+            "images": n_cifar,
+            "img_per_s": r32,
+            "img_per_s_per_core": r32 / cores,
+            "first_batch_s": first32,
+            "in_process_1core": inprocess_rate(cifar, lookup, 32, False),
+        }
         jpeg = jpeg_dataset(f"s3://{bucket}/datasets/jpeg-bench", args.jpeg_images)
         r224, first224 = stream_rate(jpeg, None)
-        res["stream_224"] = {"images": args.jpeg_images, "img_per_s": r224, "img_per_s_per_core": r224 / cores,
-                             "first_batch_s": first224,
-                             "in_process_1core": inprocess_rate(jpeg, None, 224, True, limit=512)}
+        res["stream_224"] = {
+            "images": args.jpeg_images,
+            "img_per_s": r224,
+            "img_per_s_per_core": r224 / cores,
+            "first_batch_s": first224,
+            "in_process_1core": inprocess_rate(jpeg, None, 224, True, limit=512),
+        }
 
         # ---- 2. step time: bare loop vs Ray Train, same config, same device ----------------------------
         small = [f"data.train_fraction={args.train_fraction}", "data.eval_fraction=0.05"]
-        cfg = load_config(preset="smoke", overrides=[*small, f"optim.epochs={args.epochs}", f"optim.milestones=[{args.epochs}]",
-                                                     "run.checkpoint_every=1000", "run.plots=false"])
+        cfg = load_config(
+            preset="smoke",
+            overrides=[
+                *small,
+                f"optim.epochs={args.epochs}",
+                "optim.milestones=[]",
+                "run.checkpoint_every=1000",
+                "run.plots=false",
+            ],
+        )
         ds = prepare.prepare(cfg, f"s3://{bucket}/datasets").url
         res["train_images"] = storage.read_manifest(ds).splits["train"].num_rows
         # A CPU Ray Train worker holds 1 CPU and torch uses that many threads; give the bare loop the same.
@@ -207,12 +246,22 @@ def main(argv: list[str] | None = None) -> int:
         res["threads"] = threads
         res["bare"] = bare_step(cfg, [], threads)
         for mode in ("auto", "on"):
-            out = train.run(cfg, data_url=ds, storage_url=f"s3://{bucket}/runs", name=f"bench-{mode}", num_workers=1,
-                            use_gpu=torch.cuda.is_available(), stream=mode)
+            out = train.run(
+                cfg,
+                data_url=ds,
+                storage_url=f"s3://{bucket}/runs",
+                name=f"bench-{mode}",
+                num_workers=1,
+                use_gpu=torch.cuda.is_available(),
+                stream=mode,
+            )
             hist = [json.loads(ln) for ln in storage.read_bytes(f"{out['results_url']}/history.jsonl").decode().splitlines()]
             r = _step_stats(hist, cfg.optim.batch_size)
-            r.update(device=out["metrics"].get("device"), in_memory=out["in_memory"],
-                     overhead_pct=100.0 * (r["step_ms"] / res["bare"]["step_ms"] - 1.0))
+            r.update(
+                device=out["metrics"].get("device"),
+                in_memory=out["in_memory"],
+                overhead_pct=100.0 * (r["step_ms"] / res["bare"]["step_ms"] - 1.0),
+            )
             res[f"ray_{mode}"] = r
     finally:
         ray.shutdown()
@@ -221,24 +270,37 @@ def main(argv: list[str] | None = None) -> int:
     s32, s224 = res["stream_32"], res["stream_224"]
     dev = res["ray_auto"].get("device") or "cpu"
     print(f"\nRay layer benchmark: {cores} CPU cores, torch {res['torch']}, device {dev}, S3 = moto on 127.0.0.1\n")
-    print("| Ray Data stream from S3 (one epoch = one execution, best of 3) | images | img/s | img/s per core | "
-          "first batch after (s) | same UDF, one process, no Ray (img/s) |")
+    print(
+        "| Ray Data stream from S3 (one epoch = one execution, best of 3) | images | img/s | img/s per core | "
+        "first batch after (s) | same UDF, one process, no Ray (img/s) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
-    print(f"| 32 px lossless WebP: decode + cluster lookup | {s32['images']} | {s32['img_per_s']:.0f} | "
-          f"{s32['img_per_s_per_core']:.0f} | {s32['first_batch_s']:.2f} | {s32['in_process_1core']:.0f} |")
-    print(f"| 320 px JPEG: decode + RandomResizedCrop(224) + flip | {s224['images']} | {s224['img_per_s']:.0f} | "
-          f"{s224['img_per_s_per_core']:.0f} | {s224['first_batch_s']:.2f} | {s224['in_process_1core']:.0f} |")
+    print(
+        f"| 32 px lossless WebP: decode + cluster lookup | {s32['images']} | {s32['img_per_s']:.0f} | "
+        f"{s32['img_per_s_per_core']:.0f} | {s32['first_batch_s']:.2f} | {s32['in_process_1core']:.0f} |"
+    )
+    print(
+        f"| 320 px JPEG: decode + RandomResizedCrop(224) + flip | {s224['images']} | {s224['img_per_s']:.0f} | "
+        f"{s224['img_per_s_per_core']:.0f} | {s224['first_batch_s']:.2f} | {s224['in_process_1core']:.0f} |"
+    )
     print()
-    print(f"| training step: ResNet-32 two-head, batch {cfg.optim.batch_size}, {res['train_images']} images, "
-          f"{threads} torch thread(s), {dev}; median epoch after the first | step ms | img/s | vs bare loop |")
+    print(
+        f"| training step: ResNet-32 two-head, batch {cfg.optim.batch_size}, {res['train_images']} images, "
+        f"{threads} torch thread(s), {dev}; median epoch after the first | step ms | img/s | vs bare loop |"
+    )
     print("|---|---:|---:|---:|")
     print(f"| bare loop (twohead.loop.fit, in-memory data) | {res['bare']['step_ms']:.1f} | {res['bare']['img_per_s']:.1f} | |")
-    for mode, what in (("auto", "--stream auto (loaded once from S3, device-resident)"), ("on", "--stream on (Ray Data from S3 every epoch)")):
+    for mode, what in (
+        ("auto", "--stream auto (loaded once from S3, device-resident)"),
+        ("on", "--stream on (Ray Data from S3 every epoch)"),
+    ):
         r = res[f"ray_{mode}"]
         print(f"| Ray Train, 1 worker, {what} | {r['step_ms']:.1f} | {r['img_per_s']:.1f} | {r['overhead_pct']:+.1f}% |")
     ok = res["ray_auto"]["overhead_pct"] <= 5
-    print(f"\nRay Train overhead per step (default --stream auto): {res['ray_auto']['overhead_pct']:+.1f}% "
-          f"({'within' if ok else 'ABOVE'} the 5% target). Prepare of CIFAR-10 (49,800 images) to S3: {res['prepare_cifar10_s']:.1f}s")
+    print(
+        f"\nRay Train overhead per step (default --stream auto): {res['ray_auto']['overhead_pct']:+.1f}% "
+        f"({'within' if ok else 'ABOVE'} the 5% target). Prepare of CIFAR-10 (49,800 images) to S3: {res['prepare_cifar10_s']:.1f}s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -15,6 +15,7 @@ shards' ``pos`` column), so it equals the clusters a local run of the same confi
 Ray Data attaches the clusters to streamed rows with :class:`ClusterLookup` (a sorted-id binary search inside
 ``map_batches``; a ``Dataset.join`` was ~5x slower on small tables and needs polars).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,7 +123,9 @@ def _decode_thumbnails(manifest: Manifest, size: int) -> np.ndarray:
     fs, _ = storage.resolve(manifest.url)
     for u in manifest.shard_urls("train"):
         t = pq.read_table(storage.resolve(u)[1], filesystem=fs, columns=["image", "pos"])
-        b = _thumbs_batch({"image": np.asarray(t.column("image").to_pylist(), dtype=object), "pos": t.column("pos").to_numpy()}, size)
+        b = _thumbs_batch(
+            {"image": np.asarray(t.column("image").to_pylist(), dtype=object), "pos": t.column("pos").to_numpy()}, size
+        )
         out[b["pos"]] = b["image"]
     return out
 
@@ -156,8 +159,9 @@ def _user_embedding(url: str, ids: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Computing and writing
 # --------------------------------------------------------------------------------------------
-def compute_clusters(manifest: Manifest, method: str = "random", u: int = 10, rounding: str = "ceil", seed: int = 0,
-                     embedding: str = "pca") -> tuple[np.ndarray, np.ndarray, Any]:
+def compute_clusters(
+    manifest: Manifest, method: str = "random", u: int = 10, rounding: str = "ceil", seed: int = 0, embedding: str = "pca"
+) -> tuple[np.ndarray, np.ndarray, Any]:
     """``(ids, clusters, plan)`` for the train split, in ``build_data`` order."""
     from twohead.division import DivisionPlan, assign_clusters, pixel_embedding
 
@@ -165,24 +169,40 @@ def compute_clusters(manifest: Manifest, method: str = "random", u: int = 10, ro
     labels, ids = cols["label"], cols["id"]
     counts = np.bincount(labels, minlength=manifest.num_classes)
     if counts.tolist() != list(manifest.class_counts):
-        raise DatasetError(f"train shards of {manifest.url} hold class counts {counts.tolist()}; the manifest says {manifest.class_counts}")
+        raise DatasetError(
+            f"train shards of {manifest.url} hold class counts {counts.tolist()}; the manifest says {manifest.class_counts}"
+        )
     plan = DivisionPlan.from_counts(counts, u, rounding)
     emb = None
     if method != "random":
         if embedding in ("pca", "pixels"):
             thumbs = _decode_thumbnails(manifest, THUMB_SIZE)
-            emb = (thumbs.reshape(len(thumbs), -1).astype(np.float32) / 255.0 if embedding == "pixels"
-                   else pixel_embedding(thumbs, seed=seed))
+            emb = (
+                thumbs.reshape(len(thumbs), -1).astype(np.float32) / 255.0
+                if embedding == "pixels"
+                else pixel_embedding(thumbs, seed=seed)
+            )
         elif embedding.startswith("checkpoint:"):
-            raise DatasetError("labels from a checkpoint embedding: compute the features and pass them as an (id, vector) Parquet URL")
+            raise DatasetError(
+                "labels from a checkpoint embedding: compute the features and pass them as an (id, vector) Parquet URL"
+            )
         else:
             emb = _user_embedding(embedding, ids)
     clusters = assign_clusters(labels, plan, method, seed, emb)
     return ids, clusters, plan
 
 
-def write_labels(manifest: Manifest, method: str = "random", u: int = 10, rounding: str = "ceil", seed: int = 0,
-                 embedding: str = "pca", *, overwrite: bool = False, url: str | None = None) -> str:
+def write_labels(
+    manifest: Manifest,
+    method: str = "random",
+    u: int = 10,
+    rounding: str = "ceil",
+    seed: int = 0,
+    embedding: str = "pca",
+    *,
+    overwrite: bool = False,
+    url: str | None = None,
+) -> str:
     """Compute and publish a labels file (atomic); refuses to replace an existing one unless ``overwrite``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -192,12 +212,19 @@ def write_labels(manifest: Manifest, method: str = "random", u: int = 10, roundi
         raise FileExistsError(f"{url} already exists; pass --overwrite to recompute it")
     ids, clusters, plan = compute_clusters(manifest, method, u, rounding, seed, embedding)
     meta = {
-        "method": method, "u": str(u), "rounding": rounding, "seed": str(seed), "embedding": embedding,
-        "num_clusters": str(plan.num_clusters), "u_per_class": json.dumps(list(plan.u_per_class)),
+        "method": method,
+        "u": str(u),
+        "rounding": rounding,
+        "seed": str(seed),
+        "embedding": embedding,
+        "num_clusters": str(plan.num_clusters),
+        "u_per_class": json.dumps(list(plan.u_per_class)),
         "dataset": manifest.url,
     }
-    table = pa.table({"id": pa.array(ids, pa.int64()), "cluster": pa.array(clusters, pa.int64())},
-                     schema=pa.schema([("id", pa.int64()), ("cluster", pa.int64())], metadata=meta))
+    table = pa.table(
+        {"id": pa.array(ids, pa.int64()), "cluster": pa.array(clusters, pa.int64())},
+        schema=pa.schema([("id", pa.int64()), ("cluster", pa.int64())], metadata=meta),
+    )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     storage.write_bytes(url, sink.getvalue().to_pybytes())
@@ -284,7 +311,9 @@ def check_labels_file(manifest: Manifest, url: str, plan: Any) -> ClusterLookup:
     K = plan.num_clusters
     bad = np.flatnonzero((clusters < 0) | (clusters >= K))
     if len(bad):
-        raise DatasetError(f"labels file {url}: id {int(cols['id'][bad[0]])} has cluster {int(clusters[bad[0]])} outside [0, {K})")
+        raise DatasetError(
+            f"labels file {url}: id {int(cols['id'][bad[0]])} has cluster {int(clusters[bad[0]])} outside [0, {K})"
+        )
     wrong = np.flatnonzero(plan.cluster_to_class[clusters] != cols["label"])
     if len(wrong):
         i = wrong[0]

@@ -7,6 +7,7 @@ beside its own numbers. ``METHOD_ROWS`` maps this toolkit's ``method.name`` to t
 Also here, so the reproduced tables can name them: every hyperparameter the runs use that the paper does not
 state (:data:`NOT_IN_PAPER`, with where its value comes from), and the paper's own recipe (:data:`PAPER_RECIPE`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,9 +68,19 @@ TABLE1: dict[str, dict[str, tuple[float, float, float]]] = {
 # Table 1's "Combined strategies" column (RB: re-balancing, DA: data augmentation, ES: ensemble,
 # RL: representation learning) and its two groups.
 TABLE1_STRATEGIES: dict[str, str] = {
-    "CE": "-", "Focal": "RB", "Mixup": "DA", "CB": "RB", "LDAM": "RB", "Ours": "RB",
-    "CB+Focal": "RB+RB", "DRS": "RL+RB", "LDAM+DRW": "RB+RB", "BBN": "ES+RB", "MiSLAS": "RL+RB+DA",
-    "Hybrid-SC": "ES+RB", "Ours-Full": "RB+RL+DA",
+    "CE": "-",
+    "Focal": "RB",
+    "Mixup": "DA",
+    "CB": "RB",
+    "LDAM": "RB",
+    "Ours": "RB",
+    "CB+Focal": "RB+RB",
+    "DRS": "RL+RB",
+    "LDAM+DRW": "RB+RB",
+    "BBN": "ES+RB",
+    "MiSLAS": "RL+RB+DA",
+    "Hybrid-SC": "ES+RB",
+    "Ours-Full": "RB+RL+DA",
 }
 TABLE1_GROUPS: dict[str, tuple[str, ...]] = {
     "Single": ("CE", "Focal", "Mixup", "CB", "LDAM", "Ours"),
@@ -180,25 +191,37 @@ PAPER_RECIPE: dict[str, str] = {
 NOT_IN_PAPER: dict[str, tuple[tuple[str, ...] | None, str]] = {
     "optim.weight_decay": (None, "LDAM-DRW / BBN CIFAR recipe"),
     "optim.warmup_epochs": (None, "linear warm-up of LDAM-DRW / BBN"),
-    "optim.lr_gamma": (None, "the paper's 'decayed by 0.01 at the 120th and 160th epoch' applied at each milestone "
-                             "(0.1 -> 1e-3 -> 1e-5), as BBN's code (LR_FACTOR 0.01) and LDAM-DRW's CIFAR code do"),
-    "data.val_per_class": (None, "this toolkit: balanced validation images per class carved from train images "
-                                 "outside the LT subset (class 0 loses them: 12,386 instead of 12,406 train "
-                                 "images at imbalance 100); never used to pick the reported epoch"),
+    "optim.lr_gamma": (
+        None,
+        "the paper's 'decayed by 0.01 at the 120th and 160th epoch' applied at each milestone "
+        "(0.1 -> 1e-3 -> 1e-5), as BBN's code (LR_FACTOR 0.01) and LDAM-DRW's CIFAR code do",
+    ),
+    "data.val_per_class": (
+        None,
+        "this toolkit: balanced validation images per class carved from train images "
+        "outside the LT subset (class 0 loses them: 12,386 instead of 12,406 train "
+        "images at imbalance 100); never used to pick the reported epoch",
+    ),
     "data.lt_seed": (None, "LDAM-DRW's LT subset draw (np.random.seed(0))"),
     "optim.amp": (None, "this toolkit: bf16 autocast on CUDA"),
     "optim.compile": (None, "this toolkit: CUDA-graph capture of the step on CUDA (same math as eager)"),
     "model.fbh_kernel": (("twohead", "twohead_full", "fbh_only"), "this toolkit: the FBH kernel size K_c (Eq. 1) is not stated"),
-    "model.feature_proj": (("twohead", "twohead_full", "fbh_only", "cdh_only"),
-                           "this toolkit: ResNet-32's D=64 is not a multiple of C=10 classes; auto = 1x1 conv + BN + "
-                           "ReLU to m*C channels, m = ceil(D/C), read by both heads and shared by every row of the "
-                           "two-head ablation so its rows differ only in their losses"),
-    "model.inference": (("twohead", "twohead_full", "cdh_only"),
-                        "K-to-C at test time: max = the class of the best cluster, the paper's literal reading "
-                        "(Sec. 2.2); sum / fuse / fbh are scored from the same pass and shown below the table"),
+    "model.feature_proj": (
+        ("twohead", "twohead_full", "fbh_only", "cdh_only"),
+        "this toolkit: ResNet-32's D=64 is not a multiple of C=10 classes; auto = 1x1 conv + BN + "
+        "ReLU to m*C channels, m = ceil(D/C), read by both heads and shared by every row of the "
+        "two-head ablation so its rows differ only in their losses",
+    ),
+    "model.inference": (
+        ("twohead", "twohead_full", "cdh_only"),
+        "K-to-C at test time: max = the class of the best cluster, the paper's literal reading "
+        "(Sec. 2.2); sum / fuse / fbh are scored from the same pass and shown below the table",
+    ),
     "method.rounding": (("twohead", "twohead_full", "cdh_only"), "Eq. 3's rounding operator, read as ceil"),
-    "method.cluster_seed": (("twohead", "twohead_full", "cdh_only"),
-                            "this toolkit: null = the run's seed, so each seed draws its own random cluster split"),
+    "method.cluster_seed": (
+        ("twohead", "twohead_full", "cdh_only"),
+        "this toolkit: null = the run's seed, so each seed draws its own random cluster split",
+    ),
     "method.focal_gamma": (("focal", "cb_focal"), "LDAM-DRW's focal baseline"),
     "method.cb_beta": (("cb", "cb_focal", "ldam_drw", "twohead_full"), "Cui et al. 2019 / LDAM-DRW"),
     "method.ldam_max_m": (("ldam", "ldam_drw"), "Cao et al. 2019"),

@@ -20,6 +20,7 @@ list with row counts and sha256, image size, the data config -- is published las
 complete exactly when its manifest exists. An existing dataset (complete or not) is never touched
 without ``--overwrite``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,8 +121,9 @@ def _file_format(blobs: list[bytes]) -> str:
 # --------------------------------------------------------------------------------------------
 # Shards
 # --------------------------------------------------------------------------------------------
-def write_shard_table(images: Sequence[bytes], labels: np.ndarray, ids: np.ndarray, pos: np.ndarray,
-                      meta: dict[str, str] | None = None) -> bytes:
+def write_shard_table(
+    images: Sequence[bytes], labels: np.ndarray, ids: np.ndarray, pos: np.ndarray, meta: dict[str, str] | None = None
+) -> bytes:
     """One shard as Parquet bytes (image bytes uncompressed: they are compressed already)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -140,8 +142,9 @@ def write_shard_table(images: Sequence[bytes], labels: np.ndarray, ids: np.ndarr
         schema=schema,
     )
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS,
-                   compression={"image": "none", "label": "zstd", "id": "zstd", "pos": "zstd"})
+    pq.write_table(
+        table, sink, row_group_size=ROW_GROUP_ROWS, compression={"image": "none", "label": "zstd", "id": "zstd", "pos": "zstd"}
+    )
     return sink.getvalue().to_pybytes()
 
 
@@ -208,12 +211,18 @@ def prepare(
             shards = []
             for k, (a, b) in enumerate(_plan_shards(n, avg, rows_per_shard)):
                 rel = f"{split_name}/part-{k:05d}.parquet"
-                payload = write_shard_table(blobs[a:b], labels[a:b], ids[a:b], order[a:b],
-                                            {"dataset": data.name, "split": split_name, "image_format": fmt})
+                payload = write_shard_table(
+                    blobs[a:b],
+                    labels[a:b],
+                    ids[a:b],
+                    order[a:b],
+                    {"dataset": data.name, "split": split_name, "image_format": fmt},
+                )
                 storage.write_bytes(storage.join(staging, rel), payload)
                 shards.append(ShardInfo(path=rel, rows=b - a, bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest()))
-            infos[split_name] = SplitInfo(num_rows=n, class_counts=np.bincount(split.labels, minlength=C).astype(int).tolist(),
-                                          shards=shards)
+            infos[split_name] = SplitInfo(
+                num_rows=n, class_counts=np.bincount(split.labels, minlength=C).astype(int).tolist(), shards=shards
+            )
             log.info("%s: %d rows in %d shard(s) (%s)", split_name, n, len(shards), fmt)
 
         manifest = Manifest(
@@ -246,9 +255,7 @@ def prepare(
 
 
 def _data_config_dict(data_cfg: Any) -> dict[str, Any]:
-    import dataclasses
-
-    d = dataclasses.asdict(data_cfg)
+    d = data_cfg.model_dump(mode="json")
     d.pop("root", None)  # machine-specific; the shards replace it
     return d
 
@@ -262,10 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="dataset folder name under --out (default: dataset + imbalance, e.g. cifar10-lt-imb100)")
     p.add_argument("--config", help="YAML config whose data section selects the dataset")
     p.add_argument("--preset", help="named preset (cifar10-lt, imagenet-lt, imagenet-lt-standin, smoke, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. data.imbalance=50 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. data.imbalance=50 (repeatable)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out/--name")
-    p.add_argument("--rows-per-shard", type=int, help="rows per Parquet shard (default: ~64 MiB shards, at least 16 of >= 1024 rows)")
+    p.add_argument(
+        "--rows-per-shard", type=int, help="rows per Parquet shard (default: ~64 MiB shards, at least 16 of >= 1024 rows)"
+    )
     p.add_argument("--shuffle-seed", type=int, default=0, help="seed of the train rows' write order")
     p.add_argument("--threads", type=int, help="encoder threads (default: all cores)")
     return p
@@ -279,8 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
-        m = prepare(cfg, args.out, name=args.name, overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
-                    shuffle_seed=args.shuffle_seed, threads=args.threads)
+        m = prepare(
+            cfg,
+            args.out,
+            name=args.name,
+            overwrite=args.overwrite,
+            rows_per_shard=args.rows_per_shard,
+            shuffle_seed=args.shuffle_seed,
+            threads=args.threads,
+        )
     except (ConfigError, DataError, DatasetError, storage.StorageError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ the other direction before any trial, and the search record in the results folde
 
 Ray-free (Optuna, pandas, matplotlib): ``python -m rayjobs.report DIR`` rebuilds a report from a search folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,16 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # optuna is imported lazily: `import rayjobs.report` stays cheap
     import optuna
     from optuna.trial import FrozenTrial
 
-    from twohead.search_space import SearchSpec
+    from rayjobs.search_space import SearchSpec
 
 __all__ = [
     "Report",
@@ -80,29 +82,39 @@ def dashboard_command(storage_url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ trials
-def _complete(study: "optuna.Study") -> list["FrozenTrial"]:
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None and math.isfinite(t.value)]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]
 
 
-def _fully_trained(trials: Sequence["FrozenTrial"], max_epochs: int) -> list["FrozenTrial"]:
+def _fully_trained(trials: Sequence[FrozenTrial], max_epochs: int) -> list[FrozenTrial]:
     return [t for t in trials if int(t.user_attrs.get("epochs", -1)) >= max_epochs]
 
 
-def select_best(study: "optuna.Study", spec: "SearchSpec") -> tuple["FrozenTrial | None", str]:
+def select_best(study: optuna.Study, spec: SearchSpec) -> tuple[FrozenTrial | None, str]:
     """The best trial by the validation metric, and a sentence saying which trials it was chosen among."""
     done = _complete(study)
     if not done:
         return None, "no trial completed"
     full = _fully_trained(done, spec.max_epochs)
-    pool, note = (full, f"among the {len(full)} trials that trained all {spec.max_epochs} epochs") if full else (
-        done, f"among all {len(done)} completed trials (none trained all {spec.max_epochs} epochs; ASHA stopped them early)")
+    pool, note = (
+        (full, f"among the {len(full)} trials that trained all {spec.max_epochs} epochs")
+        if full
+        else (
+            done,
+            f"among all {len(done)} completed trials (none trained all {spec.max_epochs} epochs; ASHA stopped them early)",
+        )
+    )
     pick = max if spec.mode == "max" else min
     return pick(pool, key=lambda t: t.value), note
 
 
-def trial_rows(study: "optuna.Study", spec: "SearchSpec") -> list[dict[str, Any]]:
+def trial_rows(study: optuna.Study, spec: SearchSpec) -> list[dict[str, Any]]:
     """One plain dict per trial (number, state, metric value, params, epochs, val/test metrics, run folder)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -174,7 +186,9 @@ def _save_axes(ax: Any, path: Path) -> Path:
     return path
 
 
-def _plots(study: "optuna.Study", spec: "SearchSpec", folder: Path, best_pool: list["FrozenTrial"]) -> tuple[list[Path], dict[str, str]]:
+def _plots(
+    study: optuna.Study, spec: SearchSpec, folder: Path, best_pool: list[FrozenTrial]
+) -> tuple[list[Path], dict[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg", force=False)  # headless driver; a no-op when the backend is already Agg
@@ -189,14 +203,18 @@ def _plots(study: "optuna.Study", spec: "SearchSpec", folder: Path, best_pool: l
         warnings.simplefilter("ignore")
         if done:
             try:
-                files.append(_save_axes(ovm.plot_optimization_history(study, target_name=spec.metric), folder / "optimization_history.png"))
+                files.append(
+                    _save_axes(ovm.plot_optimization_history(study, target_name=spec.metric), folder / "optimization_history.png")
+                )
             except Exception as exc:  # noqa: BLE001 - one failed plot must not lose the report
                 skipped["optimization_history.png"] = f"{type(exc).__name__}: {exc}"
         else:
             skipped["optimization_history.png"] = "no completed trial"
         if len(done) >= 2:
             try:
-                files.append(_save_axes(ovm.plot_param_importances(study, target_name=spec.metric), folder / "param_importances.png"))
+                files.append(
+                    _save_axes(ovm.plot_param_importances(study, target_name=spec.metric), folder / "param_importances.png")
+                )
             except Exception as exc:  # noqa: BLE001 - e.g. every trial has the same parameters
                 skipped["param_importances.png"] = f"{type(exc).__name__}: {exc}"
         else:
@@ -208,8 +226,11 @@ def _plots(study: "optuna.Study", spec: "SearchSpec", folder: Path, best_pool: l
         from twohead.plots import plot_u_sensitivity
 
         try:
-            files.append(plot_u_sensitivity(pairs, folder / "u_sensitivity.png",
-                                            title=f"{spec.study_name}: {spec.metric} vs u ({len(pairs)} trials)"))
+            files.append(
+                plot_u_sensitivity(
+                    pairs, folder / "u_sensitivity.png", title=f"{spec.study_name}: {spec.metric} vs u ({len(pairs)} trials)"
+                )
+            )
         except Exception as exc:  # noqa: BLE001
             skipped["u_sensitivity.png"] = f"{type(exc).__name__}: {exc}"
     else:
@@ -218,8 +239,8 @@ def _plots(study: "optuna.Study", spec: "SearchSpec", folder: Path, best_pool: l
 
 
 def write_report(
-    study: "optuna.Study",
-    spec: "SearchSpec",
+    study: optuna.Study,
+    spec: SearchSpec,
     out_dir: str | Path,
     *,
     storage_display: str,
@@ -250,7 +271,11 @@ def write_report(
         f"- search space: `{spec.source}`; base: {spec.base.data.dataset} (imbalance {spec.base.data.imbalance:g}), "
         f"{spec.base.model.backbone}, method {spec.base.method.name}, {spec.base.optim.epochs} epochs",
         f"- objective: **{spec.metric}** ({spec.mode}), TPE seed {spec.search.seed}"
-        + (f", ASHA (grace {spec.search.asha.grace_period}, reduction {spec.search.asha.reduction_factor:g}) on epochs" if spec.search.asha else ""),
+        + (
+            f", ASHA (grace {spec.search.asha.grace_period}, reduction {spec.search.asha.reduction_factor:g}) on epochs"
+            if spec.search.asha
+            else ""
+        ),
         f"- trials: {len(rows)} ({', '.join(f'{n} {k.lower()}' for k, n in counts.items() if n)})",
         f"- study: `{storage_display}` (study name `{spec.study_name}`)",
         *[f"- {line}" for line in extra_lines],
@@ -290,9 +315,11 @@ def write_report(
             "Validation (last epoch): " + ", ".join(f"{k}={_fmt(v)}" for k, v in best_info["val"].items() if v is not None),
             "",
             ("Test (reported, never used for the choice): " + ", ".join(f"{k}={_fmt(v)}" for k, v in test.items()))
-            if test else "Test: not reported (the trial did not reach its last epoch).",
+            if test
+            else "Test: not reported (the trial did not reach its last epoch).",
             "",
-            f"Full config: `{folder / 'best_config.yaml'}`" + (f"; run folder: `{best_info['run_dir']}`" if best_info["run_dir"] else ""),
+            f"Full config: `{folder / 'best_config.yaml'}`"
+            + (f"; run folder: `{best_info['run_dir']}`" if best_info["run_dir"] else ""),
             "",
             "Retrain it on several seeds (mean +- std of the validation and test metrics):",
             "",
@@ -301,7 +328,14 @@ def write_report(
             "```",
             "",
         ]
-    lines += ["## All trials", "", f"CSV: `{folder / 'trials.csv'}`", "", _md_table(rows, [c for c in rows[0] if c != "run_dir"]) if rows else "(none)", ""]
+    lines += [
+        "## All trials",
+        "",
+        f"CSV: `{folder / 'trials.csv'}`",
+        "",
+        _md_table(rows, [c for c in rows[0] if c != "run_dir"]) if rows else "(none)",
+        "",
+    ]
     lines += ["## Plots", ""]
     lines += [f"![{f.stem}]({f.name})" for f in files if f.suffix == ".png"]
     lines += [f"- {name}: not drawn ({why})" for name, why in skipped.items()]
@@ -311,7 +345,9 @@ def write_report(
     return Report(folder=folder, markdown=md, text=text, best=best_info, files=[md, *files], skipped=skipped)
 
 
-def write_retrain_report(out_dir: str | Path, spec: "SearchSpec", best: dict[str, Any], runs: list[dict[str, Any]]) -> tuple[Path, str]:
+def write_retrain_report(
+    out_dir: str | Path, spec: SearchSpec, best: dict[str, Any], runs: list[dict[str, Any]]
+) -> tuple[Path, str]:
     """``report/retrain.md`` + ``retrain.json``: per-seed metrics of the best config and their mean +- std."""
     import numpy as np
 
@@ -366,7 +402,7 @@ def display_url(url: str) -> str:
         return url
 
 
-def _rdb_storage(url: str) -> "optuna.storages.RDBStorage":
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
     import optuna
 
     for attempt in range(3):
@@ -382,7 +418,7 @@ def _rdb_storage(url: str) -> "optuna.storages.RDBStorage":
     raise AssertionError("unreachable")
 
 
-def open_storage(url: str) -> "optuna.storages.RDBStorage":
+def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An ``RDBStorage`` (an object, not a URL string: Ray's OptunaSearch requires it), or SearchError."""
     shown = display_url(url)
     try:
@@ -396,7 +432,7 @@ def open_storage(url: str) -> "optuna.storages.RDBStorage":
         raise SearchError(f"cannot open Optuna storage {shown}: {type(exc).__name__}: {exc}".strip()) from exc
 
 
-def open_study(url: str, spec: "SearchSpec", *, create: bool = True, storage: Any = None) -> "optuna.Study":
+def open_study(url: str, spec: SearchSpec, *, create: bool = True, storage: Any = None) -> optuna.Study:
     """Load or create the study named ``spec.study_name``; refuse one made for another direction or metric.
 
     The check runs before any trial: Optuna's ``load_if_exists`` would otherwise silently reuse a study whose
@@ -433,8 +469,8 @@ def open_study(url: str, spec: "SearchSpec", *, create: bool = True, storage: An
     return study
 
 
-def space_dict(spec: "SearchSpec") -> dict[str, Any]:
-    """The spec in the YAML form :func:`twohead.search_space.load_search_space` reads, base fully resolved."""
+def space_dict(spec: SearchSpec) -> dict[str, Any]:
+    """The spec in the YAML form :func:`rayjobs.search_space.load_search_space` reads, base fully resolved."""
     d = spec.to_dict()
     flat = {f"{section}.{k}": v for section, values in d["base"].items() for k, v in values.items()}
     return {
@@ -458,7 +494,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def save_search_folder(out_dir: Path, spec: "SearchSpec", storage_url: str, experiment: str) -> None:
+def save_search_folder(out_dir: Path, spec: SearchSpec, storage_url: str, experiment: str) -> None:
     """Record the search in ``out_dir`` (first run), or check that a re-run is the same search (resume).
 
     Resources may change between runs (they only affect scheduling); anything else that differs would mix two
@@ -466,7 +502,7 @@ def save_search_folder(out_dir: Path, spec: "SearchSpec", storage_url: str, expe
     """
     import yaml
 
-    from twohead.search_space import load_search_space
+    from rayjobs.search_space import load_search_space
 
     out_dir.mkdir(parents=True, exist_ok=True)
     new = space_dict(spec)
@@ -486,18 +522,22 @@ def save_search_folder(out_dir: Path, spec: "SearchSpec", storage_url: str, expe
     meta_path = out_dir / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if meta.get("storage") not in (None, display_url(storage_url)):
-        raise SearchError(f"{out_dir} was searched with storage {meta['storage']}, now {display_url(storage_url)}; pass the same --storage to resume")
+        raise SearchError(
+            f"{out_dir} was searched with storage {meta['storage']}, now {display_url(storage_url)}; pass the same --storage to resume"
+        )
     meta.update(storage=display_url(storage_url), study_name=spec.study_name, experiment=experiment)
     _atomic_text(meta_path, json.dumps(meta, indent=1))
 
 
-def load_search_folder(out_dir: Path, storage_url: str | None = None) -> tuple["SearchSpec", str, str]:
+def load_search_folder(out_dir: Path, storage_url: str | None = None) -> tuple[SearchSpec, str, str]:
     """(spec, storage URL, URL for display) of a finished or running search folder."""
-    from twohead.search_space import load_search_space
+    from rayjobs.search_space import load_search_space
 
     path = out_dir / SPACE_FILE
     if not path.is_file():
-        raise SearchError(f"{out_dir} is not a search folder: {path} is missing (run python -m rayjobs.search --out {out_dir} first)")
+        raise SearchError(
+            f"{out_dir} is not a search folder: {path} is missing (run python -m rayjobs.search --out {out_dir} first)"
+        )
     spec = load_search_space(path)
     meta = json.loads((out_dir / META_FILE).read_text()) if (out_dir / META_FILE).is_file() else {}
     url = storage_url or meta.get("storage") or default_storage_url(out_dir, spec.study_name)

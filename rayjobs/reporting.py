@@ -6,11 +6,13 @@ as a Checkpoint; ``restore`` reads the latest one back, so a restarted worker gr
 with the same name continues where it stopped. (The loop itself rewrites ``history.jsonl`` from the restored
 state.) Every rank reports; only rank 0 attaches the checkpoint (notes/ray-2.60.md).
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STATE_FILE = "state.pt"  # the loop's resumable state inside a Ray checkpoint folder
 

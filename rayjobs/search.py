@@ -3,7 +3,7 @@
 ``python -m rayjobs.search --preset smoke --out runs/smoke-search`` (the README's main job) runs a Ray Tune
 ``Tuner`` whose trials each call the one training loop, :func:`twohead.loop.fit`, with a :class:`TuneReporter`
 that forwards the per-epoch metrics to Tune and stores checkpoints through it. ``OptunaSearch`` (TPE, seeded)
-proposes configurations from the search space (:mod:`twohead.search_space`, ``search_spaces/*.yaml``) and
+proposes configurations from the search space (:mod:`rayjobs.search_space`, ``search_spaces/*.yaml``) and
 ``ASHAScheduler`` stops weak trials early, both on the **validation** metric; test metrics are recorded with
 each trial and written into the report, never used for the choice.
 
@@ -21,6 +21,7 @@ each trial and written into the report, never used for the choice.
 - ``--retrain-best DIR --seeds N`` retrains the best configuration of a finished search on N seeds and
   reports mean +- std.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,16 +30,16 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from rayjobs.reporting import STATE_FILE, TrainReporter, TuneReporter  # noqa: F401 (re-exported)
 from rayjobs.report import (
     Report,
     SearchError,
@@ -54,8 +55,9 @@ from rayjobs.report import (
     write_report,
     write_retrain_report,
 )
+from rayjobs.reporting import STATE_FILE, TrainReporter, TuneReporter  # noqa: F401 (re-exported)
+from rayjobs.search_space import SearchSpaceError, SearchSpec, load_search_space
 from twohead.config import TrainConfig, apply_overrides
-from twohead.search_space import SearchSpaceError, SearchSpec, load_search_space
 
 __all__ = [
     "TuneReporter",
@@ -73,8 +75,20 @@ log = logging.getLogger("rayjobs.search")
 RUN_SUBDIR = "run"  # the loop's out_dir inside a trial folder (config.yaml, history.jsonl, metrics.json, PNGs)
 # Per-trial facts copied into the Optuna study as user attributes (shown by optuna-dashboard, used by the
 # report). test_* is recorded here only: the searcher and ASHA see `spec.metric` (val_*) alone.
-RECORDED = ("epoch", "val_top1", "val_many", "val_medium", "val_few", "test_top1", "test_many", "test_medium",
-            "test_few", "train_img_per_s", "run_dir", "time_total_s")
+RECORDED = (
+    "epoch",
+    "val_top1",
+    "val_many",
+    "val_medium",
+    "val_few",
+    "test_top1",
+    "test_many",
+    "test_medium",
+    "test_few",
+    "train_img_per_s",
+    "run_dir",
+    "time_total_s",
+)
 
 
 # -------------------------------------------------------------------------------------------------- trials
@@ -382,9 +396,17 @@ def run_search(
                 experiment=experiment,
             )
             a = spec.search.asha
-            scheduler = None if a is None else ASHAScheduler(
-                time_attr="epoch", metric=spec.metric, mode=spec.mode, max_t=spec.max_epochs,
-                grace_period=a.grace_period, reduction_factor=a.reduction_factor,
+            scheduler = (
+                None
+                if a is None
+                else ASHAScheduler(
+                    time_attr="epoch",
+                    metric=spec.metric,
+                    mode=spec.mode,
+                    max_t=spec.max_epochs,
+                    grace_period=a.grace_period,
+                    reduction_factor=a.reduction_factor,
+                )
             )
             return tune.Tuner(
                 trainable,
@@ -408,14 +430,17 @@ def run_search(
     study = open_study(url, spec, create=False, storage=storage)
     orphans = _fail_orphans(study, experiment, started_at)
     wall = time.perf_counter() - t0
-    extra = [f"Tune experiment: `{experiment}`" + (" (resumed)" if resumed else ""),
-             f"driver wall time: {wall / 60:.1f} min" + (" (this run)" if resumed else "")]
+    extra = [
+        f"Tune experiment: `{experiment}`" + (" (resumed)" if resumed else ""),
+        f"driver wall time: {wall / 60:.1f} min" + (" (this run)" if resumed else ""),
+    ]
     if errors:
         extra.append(f"{errors} trial(s) raised an error: see `error.txt` in their folders under `{experiment}`")
     if orphans:
         extra.append(f"{orphans} trial(s) left RUNNING by an interrupted driver were marked FAIL")
-    report = write_report(study, spec, out, storage_display=display_url(url),
-                          retrain_command=retrain_command(out, storage_url), extra_lines=extra)
+    report = write_report(
+        study, spec, out, storage_display=display_url(url), retrain_command=retrain_command(out, storage_url), extra_lines=extra
+    )
     return SearchResult(spec, out, url, experiment, resumed, report, wall, errors)
 
 
@@ -452,12 +477,19 @@ def retrain_best(
     try:
         _check_resources(spec, strict=started and not (address or os.environ.get("RAY_ADDRESS")))
         trainable = _trainable(run_seed, spec, params=dict(best.params))
-        tuner, _ = _restore_or_new(path, trainable, restart_errored, lambda: tune.Tuner(
+        tuner, _ = _restore_or_new(
+            path,
             trainable,
-            param_space={"seed": tune.grid_search(list(range(seeds)))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent, trial_dirname_creator=trial_dirname),
-            run_config=_run_config(name, root, max_failures, verbose),
-        ))
+            restart_errored,
+            lambda: tune.Tuner(
+                trainable,
+                param_space={"seed": tune.grid_search(list(range(seeds)))},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=spec.search.max_concurrent, trial_dirname_creator=trial_dirname
+                ),
+                run_config=_run_config(name, root, max_failures, verbose),
+            ),
+        )
         results = tuner.fit()
     finally:
         if started:
@@ -465,8 +497,15 @@ def retrain_best(
     runs = []
     for r in sorted(results, key=lambda r: r.config["seed"]):
         m = r.metrics or {}
-        runs.append({"seed": r.config["seed"], "state": "ERROR" if r.error else "DONE", "epochs": m.get("epoch"),
-                     **{k: m.get(k) for k in RECORDED if k.startswith(("val_", "test_"))}, "run_dir": m.get("run_dir")})
+        runs.append(
+            {
+                "seed": r.config["seed"],
+                "state": "ERROR" if r.error else "DONE",
+                "epochs": m.get("epoch"),
+                **{k: m.get(k) for k in RECORDED if k.startswith(("val_", "test_"))},
+                "run_dir": m.get("run_dir"),
+            }
+        )
     best_info = {"trial": best.number, "params": dict(best.params)}
     return write_retrain_report(out, spec, best_info, runs)
 
@@ -481,7 +520,9 @@ def _parser() -> argparse.ArgumentParser:
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", help="search space search_spaces/<NAME>.yaml (smoke, cifar10-lt, cifar100-lt, imagenet-lt)")
     what.add_argument("--space", type=Path, help="a search-space YAML file")
-    what.add_argument("--retrain-best", type=Path, metavar="DIR", help="retrain the best config of the search in DIR on --seeds seeds")
+    what.add_argument(
+        "--retrain-best", type=Path, metavar="DIR", help="retrain the best config of the search in DIR on --seeds seeds"
+    )
     ap.add_argument("--out", type=Path, help="results folder (default runs/<study>-search)")
     ap.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/<study>.db; PostgreSQL on clusters)")
     ap.add_argument("--storage-path", help="Tune experiment storage: local folder or s3://bucket/prefix (default: --out)")
@@ -495,7 +536,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--workers-per-trial", type=int, help="> 1: each trial is a DDP TorchTrainer with this many workers")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base TrainConfig (repeatable)")
     ap.add_argument("--seeds", type=int, default=3, help="with --retrain-best: number of seeds (0..N-1)")
-    ap.add_argument("--restart-errored", action="store_true", help="on resume, rerun errored trials from scratch (default: from their checkpoint)")
+    ap.add_argument(
+        "--restart-errored",
+        action="store_true",
+        help="on resume, rerun errored trials from scratch (default: from their checkpoint)",
+    )
     ap.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its last checkpoint")
     ap.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this command starts (default: all)")
     ap.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune progress output")
@@ -511,8 +556,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.retrain_best is not None:
             md, text = retrain_best(
-                args.retrain_best, args.seeds, storage_url=args.storage, address=args.address,
-                restart_errored=args.restart_errored, max_failures=args.max_failures, verbose=args.verbose,
+                args.retrain_best,
+                args.seeds,
+                storage_url=args.storage,
+                address=args.address,
+                restart_errored=args.restart_errored,
+                max_failures=args.max_failures,
+                verbose=args.verbose,
                 num_cpus=args.num_cpus,
             )
             print(text)
@@ -520,14 +570,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         spec = load_search_space(args.space if args.space is not None else args.preset)
         spec = spec.replace(
-            num_samples=args.num_samples, max_concurrent=args.max_concurrent, seed=args.seed,
-            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-            workers_per_trial=args.workers_per_trial, study_name=args.study_name, set=args.set,
+            num_samples=args.num_samples,
+            max_concurrent=args.max_concurrent,
+            seed=args.seed,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
+            workers_per_trial=args.workers_per_trial,
+            study_name=args.study_name,
+            set=args.set,
         )
         out = args.out or Path("runs") / f"{spec.study_name}-search"
         res = run_search(
-            spec, out, storage_url=args.storage, storage_path=args.storage_path, address=args.address,
-            restart_errored=args.restart_errored, max_failures=args.max_failures, verbose=args.verbose,
+            spec,
+            out,
+            storage_url=args.storage,
+            storage_path=args.storage_path,
+            address=args.address,
+            restart_errored=args.restart_errored,
+            max_failures=args.max_failures,
+            verbose=args.verbose,
             num_cpus=args.num_cpus,
         )
     except (SearchSpaceError, SearchError) as exc:

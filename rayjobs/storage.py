@@ -23,6 +23,7 @@ A prepared dataset lives at ``<url>/<dataset>/``::
     test/part-00000.parquet ...
     labels/<method>-u<u>-r<rounding>-s<seed>.parquet   # cluster ids (rayjobs.labels)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -366,8 +367,20 @@ class Manifest:
                 )
                 for name, s in d["splits"].items()
             }
-            kw = {k: d[k] for k in ("dataset", "num_classes", "class_names", "class_counts", "image_size",
-                                    "image_format", "mean", "std", "data_config")}
+            kw = {
+                k: d[k]
+                for k in (
+                    "dataset",
+                    "num_classes",
+                    "class_names",
+                    "class_counts",
+                    "image_size",
+                    "image_format",
+                    "mean",
+                    "std",
+                    "data_config",
+                )
+            }
         except (KeyError, TypeError) as e:
             raise DatasetError(f"{join(url, MANIFEST)} is not a twohead manifest: missing or bad field {e}") from e
         if d.get("format") != FORMAT:
@@ -396,7 +409,8 @@ def read_manifest(url: str) -> Manifest:
         state = dataset_state(url)
         hint = (
             "files are there but no manifest: an interrupted prepare; rerun rayjobs.prepare with --overwrite"
-            if state == "incomplete" else "nothing is there; run rayjobs.prepare first"
+            if state == "incomplete"
+            else "nothing is there; run rayjobs.prepare first"
         )
         raise DatasetError(f"no prepared dataset at {url}: {join(url, MANIFEST)} does not exist ({hint})") from None
     return Manifest.from_json(d, url=url)

@@ -13,6 +13,7 @@ whole batches on the device, like a local run. Bad rows -- a label outside [0, C
 without a cluster -- raise :class:`RowError` naming the shard file and the row id; with ``skip_invalid`` they
 are dropped instead and counted by a :class:`SkipCounter` actor whose summary the run reports.
 """
+
 from __future__ import annotations
 
 import logging
@@ -106,7 +107,9 @@ def decode_batch(
 
     def bad(i: int, reason: str) -> None:
         if not skip_invalid:
-            raise RowError(f"shard {where(i)}: row id {int(ids[i])}: {reason} (set data.skip_corrupt=true / --skip-invalid to skip such rows)")
+            raise RowError(
+                f"shard {where(i)}: row id {int(ids[i])}: {reason} (set data.skip_corrupt=true / --skip-invalid to skip such rows)"
+            )
         keep[i] = False
         dropped.append((where(i), int(ids[i]), reason))
 
@@ -194,8 +197,17 @@ def train_dataset(
 class RayBatchSource:
     """:class:`twohead.loop.BatchSource` over this worker's ``streaming_split`` shard."""
 
-    def __init__(self, shard: Any, *, batch_size: int, num_samples: int, augmented: bool,
-                 prefetch_batches: int = 4, shuffle_buffer: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        shard: Any,
+        *,
+        batch_size: int,
+        num_samples: int,
+        augmented: bool,
+        prefetch_batches: int = 4,
+        shuffle_buffer: int | None = None,
+        seed: int = 0,
+    ):
         self.shard = shard
         self.batch_size = max(1, int(batch_size))
         self.num_samples = int(num_samples)
@@ -297,8 +309,14 @@ def in_memory_bytes(manifest: Manifest) -> int:
     return manifest.splits["train"].num_rows * manifest.image_size**2 * 3
 
 
-def ltdata_from_manifest(manifest: Manifest, *, train: bool = False, with_eval: bool = True,
-                         cache_dir: str | Path | None = None, skip_invalid: bool = False):
+def ltdata_from_manifest(
+    manifest: Manifest,
+    *,
+    train: bool = False,
+    with_eval: bool = True,
+    cache_dir: str | Path | None = None,
+    skip_invalid: bool = False,
+):
     """:class:`twohead.data.LTData` of a Ray run: class counts from the manifest, val/test from their shards.
 
     ``train`` True decodes the whole train split into memory (small images: the loop then keeps it on the
@@ -315,15 +333,17 @@ def ltdata_from_manifest(manifest: Manifest, *, train: bool = False, with_eval: 
         train_split = load_split(manifest, "train", cache_dir=cache_dir, skip_invalid=skip_invalid)
     else:
         placeholder = np.broadcast_to(np.zeros((1, 1, 1, 3), dtype=np.uint8), (n, 1, 1, 3))
-        train_split = Split(np.repeat(np.arange(len(counts)), counts), np.arange(n), images=placeholder,
-                            image_size=manifest.image_size)
+        train_split = Split(
+            np.repeat(np.arange(len(counts)), counts), np.arange(n), images=placeholder, image_size=manifest.image_size
+        )
     if with_eval:
         val = load_split(manifest, "val", cache_dir=cache_dir, skip_invalid=skip_invalid) if "val" in manifest.splits else None
         test = load_split(manifest, "test", cache_dir=cache_dir, skip_invalid=skip_invalid)
     else:
         val = None
-        test = Split(np.zeros(0, np.int64), np.zeros(0, np.int64), images=np.zeros((0, 1, 1, 3), np.uint8),
-                     image_size=manifest.image_size)
+        test = Split(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), images=np.zeros((0, 1, 1, 3), np.uint8), image_size=manifest.image_size
+        )
     return LTData(
         name=manifest.dataset,
         class_names=list(manifest.class_names),

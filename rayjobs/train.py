@@ -24,6 +24,7 @@ Fault injection (tests, drills): ``TWOHEAD_FAIL_AT_EPOCH=k`` kills rank 0 once, 
 its report, and records that in ``<storage>/<name>/_fault-injected-epoch<k>`` so the retry passes;
 ``TWOHEAD_FAIL_MODE=raise`` raises instead of SIGKILL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,9 @@ def parse_workers(text: str | int) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--num-workers {text!r} must be N >= 1 or MIN-MAX with 1 <= MIN <= MAX") from None
 
 
-def check_capacity(num_workers: int | tuple[int, int], use_gpu: bool, cpus_per_worker: float = 1.0,
-                   data_cpus: float = 1.0) -> dict[str, float]:
+def check_capacity(
+    num_workers: int | tuple[int, int], use_gpu: bool, cpus_per_worker: float = 1.0, data_cpus: float = 1.0
+) -> dict[str, float]:
     """Raise :class:`InsufficientResourcesError` if the cluster can never hold the (minimum) worker group.
 
     The ceiling is the autoscaler's maximum when the cluster was launched with one (``cluster.yaml``), else
@@ -109,7 +111,9 @@ def check_capacity(num_workers: int | tuple[int, int], use_gpu: bool, cpus_per_w
     for res, amount in need.items():
         have = float(ceiling.get(res, 0))
         if amount > have:
-            extra = f" ({need_workers} workers x {cpus_per_worker:g} CPU + {data_cpus:g} CPU for Ray Data)" if res == "CPU" else ""
+            extra = (
+                f" ({need_workers} workers x {cpus_per_worker:g} CPU + {data_cpus:g} CPU for Ray Data)" if res == "CPU" else ""
+            )
             raise InsufficientResourcesError(
                 f"--num-workers {need_workers} needs {amount:g} {res}{extra}, but {source} has {have:g} {res}; "
                 f"use at most --num-workers {int(max(0, (have - (data_cpus if res == 'CPU' else 0)) // (cpus_per_worker if res == 'CPU' else 1)))}"
@@ -133,8 +137,10 @@ def check_train_labels(manifest: Manifest) -> None:
         bad = np.flatnonzero((y < 0) | (y >= C))
         if len(bad):
             i = int(bad[0])
-            raise RowError(f"shard {u}: row id {int(t.column('id')[i].as_py())}: label {int(y[i])} outside [0, {C}) "
-                           f"({len(bad)} such rows in this shard)")
+            raise RowError(
+                f"shard {u}: row id {int(t.column('id')[i].as_py())}: label {int(y[i])} outside [0, {C}) "
+                f"({len(bad)} such rows in this shard)"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,8 +187,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig.from_dict(config["cfg"])
     manifest = Manifest.from_json(config["manifest"], url=config["data_url"])
     out_dir = Path(tempfile.mkdtemp(prefix=f"twohead-{cfg.run_name()}-"))
-    data = ltdata_from_manifest(manifest, train=config["in_memory"], with_eval=rank == 0,
-                                cache_dir=out_dir.parent / f"{out_dir.name}-eval", skip_invalid=config["skip_invalid"])
+    data = ltdata_from_manifest(
+        manifest,
+        train=config["in_memory"],
+        with_eval=rank == 0,
+        cache_dir=out_dir.parent / f"{out_dir.name}-eval",
+        skip_invalid=config["skip_invalid"],
+    )
     source = None  # in memory: the loop's own device-resident batches, sharded by rank
     if not config["in_memory"]:
         source = RayBatchSource(
@@ -223,7 +234,7 @@ def _apply_manifest(cfg: Any, manifest: Manifest) -> Any:
     """The run's data section is the one the shards were built from (recorded in config.yaml)."""
     from twohead.config import apply_overrides
 
-    known = set(type(cfg.data).__dataclass_fields__)
+    known = set(type(cfg.data).model_fields)
     over = {f"data.{k}": v for k, v in manifest.data_config.items() if k in known and k not in ("root", "num_workers")}
     out = apply_overrides(cfg, over)
     for key in over:
@@ -320,7 +331,11 @@ def run(
     run_url = storage.join(storage_url, name)
     fault = None
     if fail_at_epoch:
-        fault = {"at_epoch": int(fail_at_epoch), "mode": fail_mode, "marker": storage.join(run_url, f"_fault-injected-epoch{int(fail_at_epoch)}")}
+        fault = {
+            "at_epoch": int(fail_at_epoch),
+            "mode": fail_mode,
+            "marker": storage.join(run_url, f"_fault-injected-epoch{int(fail_at_epoch)}"),
+        }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -334,8 +349,12 @@ def run(
             "prefetch_batches": prefetch_batches,
             "fault": fault,
         },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker},
-                                     placement_strategy=placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker},
+            placement_strategy=placement_strategy,
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -347,8 +366,15 @@ def run(
     )
     result = trainer.fit()
     out = dict(result.return_value or {})
-    out.update({"in_memory": in_memory, "run_url": run_url, "results_url": storage.join(run_url, "results"), "labels_url": labels_url,
-                "checkpoint": result.checkpoint.path if result.checkpoint else None})
+    out.update(
+        {
+            "in_memory": in_memory,
+            "run_url": run_url,
+            "results_url": storage.join(run_url, "results"),
+            "labels_url": labels_url,
+            "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        }
+    )
     return out
 
 
@@ -359,20 +385,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="run name: the same name resumes the run")
     p.add_argument("--config", help="YAML config file")
     p.add_argument("--preset", help="named preset (cifar10-lt, imagenet-lt, imagenet-lt-standin, smoke, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)"
+    )
     p.add_argument("--num-workers", type=parse_workers, default=1, help="N, or MIN-MAX for elastic training")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--placement-strategy", default="PACK", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
-                   help="how workers are placed on nodes (Ray placement group strategy)")
+    p.add_argument(
+        "--placement-strategy",
+        default="PACK",
+        choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+        help="how workers are placed on nodes (Ray placement group strategy)",
+    )
     p.add_argument("--max-failures", type=int, default=0, help="worker-group restarts from the latest checkpoint")
     p.add_argument("--labels", help="cluster labels file URL (default: <data>/labels/..., computed if missing)")
-    p.add_argument("--skip-invalid", action="store_true", default=None,
-                   help="drop rows with a bad label or an undecodable image (counted in results/data_report.json)")
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        default=None,
+        help="drop rows with a bad label or an undecodable image (counted in results/data_report.json)",
+    )
     p.add_argument("--verify", choices=("full", "size"), default="full", help="check shards by sha256 (full) or size only")
-    p.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
-                   help="stream the train split with Ray Data each epoch (on), load it into memory once (off), "
-                        "or decide by size (auto: small images in memory)")
+    p.add_argument(
+        "--stream",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="stream the train split with Ray Data each epoch (on), load it into memory once (off), "
+        "or decide by size (auto: small images in memory)",
+    )
     p.add_argument("--prefetch-batches", type=int, default=4)
     return p
 
@@ -386,10 +426,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
         out = run(
-            cfg, data_url=args.data, storage_url=args.storage, name=args.name, num_workers=args.num_workers,
-            use_gpu=args.use_gpu, max_failures=args.max_failures, cpus_per_worker=args.cpus_per_worker,
+            cfg,
+            data_url=args.data,
+            storage_url=args.storage,
+            name=args.name,
+            num_workers=args.num_workers,
+            use_gpu=args.use_gpu,
+            max_failures=args.max_failures,
+            cpus_per_worker=args.cpus_per_worker,
             placement_strategy=args.placement_strategy,
-            labels=args.labels, skip_invalid=args.skip_invalid, verify=args.verify, stream=args.stream,
+            labels=args.labels,
+            skip_invalid=args.skip_invalid,
+            verify=args.verify,
+            stream=args.stream,
             prefetch_batches=args.prefetch_batches,
             fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
             fail_mode=os.environ.get("TWOHEAD_FAIL_MODE", "kill"),
@@ -399,8 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     m = out.get("metrics") or {}
     keys = ("top1", "many", "medium", "few", "epochs", "train_img_per_s")
-    print(json.dumps({k: m.get(k) for k in keys} | {"results": out["results_url"], "restored_epoch": out.get("restored_epoch"),
-                                                   "in_memory": out.get("in_memory")}))
+    print(
+        json.dumps(
+            {k: m.get(k) for k in keys}
+            | {"results": out["results_url"], "restored_epoch": out.get("restored_epoch"), "in_memory": out.get("in_memory")}
+        )
+    )
     return 0
 
 

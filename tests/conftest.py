@@ -4,6 +4,7 @@ Ray is started lazily (only tests that ask for ``ray_head`` / ``ray_session`` pa
 ``ray start --head --block`` from this venv, dashboard on (the Jobs API and Tune+Train+ASHA need it,
 see shared/notes/ray-2.60.md), and stopped with SIGTERM at the end of the session.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,7 +68,9 @@ def s3_server() -> S3Server:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+    saved = {
+        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+    }
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -120,11 +123,19 @@ def ray_head(s3_server, data_root) -> RayHead:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     cmd = [
-        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-        "--num-cpus=2", f"--temp-dir={temp_dir}", f"--port={port}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus=2",
+        f"--temp-dir={temp_dir}",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
         f"--dashboard-agent-listen-port={agent}",
-        "--disable-usage-stats", f"--object-store-memory={200 * 2**20}",
+        "--disable-usage-stats",
+        f"--object-store-memory={200 * 2**20}",
     ]
     log = open(Path(temp_dir) / "head.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

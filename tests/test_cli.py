@@ -1,4 +1,5 @@
 """The `twohead` CLI end to end on real CIFAR-10 from ../shared/data (the smoke preset), plus bad input."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ from twohead.cli import main
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "twohead.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "TQDM_DISABLE": "1", **(env or {})}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "twohead.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1", **(env or {})},
+        timeout=600,
+    )
 
 
 def test_smoke_train_then_eval_on_real_cifar10(tmp_path, data_root):
@@ -31,8 +37,9 @@ def test_smoke_train_then_eval_on_real_cifar10(tmp_path, data_root):
     assert set(m["by_inference"]) == {"max", "sum", "fuse", "fbh"} and m["by_inference"]["max"] == m["top1"]
     assert set(m["posthoc"]) == {"la_tau0.5", "la_tau1.0", "la_tau1.5", "la_tau2.0", "taunorm0.5", "taunorm1.0"}
     history = [json.loads(x) for x in (metrics_file.parent / "history.jsonl").read_text().splitlines()]
-    assert all(set(h["val_by_inference"]) == set(m["by_inference"]) and set(h["val_posthoc"]) == set(m["posthoc"])
-               for h in history)
+    assert all(
+        set(h["val_by_inference"]) == set(m["by_inference"]) and set(h["val_posthoc"]) == set(m["posthoc"]) for h in history
+    )
     assert m["val"]["by_inference"] == history[-1]["val_by_inference"]
     assert m["clusters_per_class"][0] == 10 and m["clusters_per_class"][-1] == 1  # Eq. 3 with u = 10
     assert m["class_counts"][0] > m["class_counts"][-1]  # long-tailed
@@ -64,12 +71,12 @@ def test_describe_prints_ldam_counts_and_eq3(data_root, capsys):
 @pytest.mark.parametrize(
     "args,match",
     [
-        (["--set", "method.u=0"], "method.u=0 must be an integer >= 1"),
-        (["--set", "method.alpha=1.5"], "method.alpha=1.5 must be in (0, 1]"),
-        (["--set", "method.lam=-1"], "must be >= 0"),
-        (["--set", "model.backbone=resnet7"], "model.backbone='resnet7' is unknown"),
-        (["--set", "data.dataset=svhn"], "data.dataset='svhn' is unknown"),
-        (["--set", "method.name=bbn"], "method.name='bbn' is unknown"),
+        (["--set", "method.u=0"], "method.u=0: input should be greater than or equal to 1"),
+        (["--set", "method.alpha=1.5"], "method.alpha=1.5: input should be less than or equal to 1"),
+        (["--set", "method.lam=-1"], "method.lam=-1: input should be greater than or equal to 0"),
+        (["--set", "model.backbone=resnet7"], "model.backbone='resnet7': unknown backbone; registered:"),
+        (["--set", "data.dataset=svhn"], "data.dataset='svhn': input should be 'cifar10-lt'"),
+        (["--set", "method.name=bbn"], "method.name='bbn': input should be 'ce'"),
         (["--set", "data.root=/nonexistent/twohead"], "/nonexistent/twohead"),
     ],
 )
@@ -91,9 +98,27 @@ def test_corrupt_image_is_named(tmp_path, capsys):
                 Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(d / f"{i}.png")
     (root / "a" / "3.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     out = tmp_path / "runs"
-    rc = main(["train", "--out", str(out), "--set", "data.dataset=folder", "--set", f"data.path={root}",
-               "--set", "data.val_per_class=0", "--set", "method.u=2", "--set", "optim.epochs=1",
-               "--set", "optim.warmup_epochs=0"])
+    rc = main(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--set",
+            "data.dataset=folder",
+            "--set",
+            f"data.path={root}",
+            "--set",
+            "data.val_per_class=0",
+            "--set",
+            "method.u=2",
+            "--set",
+            "optim.epochs=1",
+            "--set",
+            "optim.milestones=[]",
+            "--set",
+            "optim.warmup_epochs=0",
+        ]
+    )
     assert rc == 2
     assert "3.png" in capsys.readouterr().err
     assert not out.exists()

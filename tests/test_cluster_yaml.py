@@ -1,4 +1,5 @@
 """cluster.yaml passes Ray's own cluster-launcher validation and describes the cluster the README promises."""
+
 from __future__ import annotations
 
 from pathlib import Path

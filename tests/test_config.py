@@ -1,5 +1,8 @@
 """Typed config: paper defaults, overrides, YAML, and validation errors that name the field and the range."""
+
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -17,7 +20,9 @@ def test_paper_defaults():
 
 
 def test_overrides_are_typed_and_aliases_work():
-    cfg = apply_overrides(TrainConfig(), ["method.u=20", "lambda=0.5", "optim.milestones=[30,40]", "data.download=true", "alpha=1"])
+    cfg = apply_overrides(
+        TrainConfig(), ["method.u=20", "lambda=0.5", "optim.milestones=[30,40]", "data.download=true", "alpha=1"]
+    )
     assert cfg.method.u == 20 and isinstance(cfg.method.u, int)
     assert cfg.method.lam == 0.5 and cfg.method.alpha == 1.0 and isinstance(cfg.method.alpha, float)
     assert cfg.optim.milestones == (30, 40) and cfg.data.download is True
@@ -27,31 +32,67 @@ def test_overrides_are_typed_and_aliases_work():
 @pytest.mark.parametrize(
     "override,match",
     [
-        ({"method.u": 0}, r"method.u=0 must be an integer >= 1"),
-        ({"method.alpha": 1.5}, r"method.alpha=1.5 must be in \(0, 1\]"),
-        ({"method.alpha": 0.0}, r"method.alpha=0.0 must be in \(0, 1\]"),
-        ({"method.lam": -0.1}, r"lambda\)=-0.1 must be >= 0"),
-        ({"model.backbone": "resnet9000"}, r"model.backbone='resnet9000' is unknown; allowed: resnet32"),
-        ({"data.dataset": "mnist"}, r"data.dataset='mnist' is unknown"),
-        ({"method.name": "magic"}, r"method.name='magic' is unknown"),
-        ({"method.clustering": "spectral"}, r"method.clustering='spectral' is unknown"),
-        ({"optim.milestones": [160, 120]}, r"increasing"),
+        ({"method.u": 0}, r"^method.u=0: input should be greater than or equal to 1$"),
+        ({"method.alpha": 1.5}, r"^method.alpha=1.5: input should be less than or equal to 1$"),
+        ({"method.alpha": 0.0}, r"^method.alpha=0.0: input should be greater than 0$"),
+        ({"method.lam": -0.1}, r"^method.lam=-0.1: input should be greater than or equal to 0$"),
+        ({"model.backbone": "resnet9000"}, r"^model.backbone='resnet9000': unknown backbone; registered: .*resnet32"),
+        ({"data.dataset": "mnist"}, r"^data.dataset='mnist': input should be 'cifar10-lt', .* or 'folder'$"),
+        ({"method.name": "magic"}, r"^method.name='magic': input should be 'ce', .*'twohead_full'$"),
+        (
+            {"method.clustering": "spectral"},
+            r"^method.clustering='spectral': input should be 'random', 'kmeans' or 'hierarchical'$",
+        ),
+        ({"optim.milestones": [160, 120]}, r"^optim.milestones=\[160, 120\]: must be increasing epochs$"),
+        ({"optim.lr": float("inf")}, r"^optim.lr=inf: input should be a finite number$"),
+        ({"optim.lr": float("nan")}, r"^optim.lr=nan: input should be a finite number$"),
+        ({"model.fbh_kernel": 4}, r"^model.fbh_kernel=4: must be odd"),
+        ({"run.out": ""}, r"^run.out='': string should have at least 1 character$"),
+        ({"run.out": "  "}, r"^run.out='  ': must name a results folder$"),
+        ({"run.name": "../x"}, r"^run.name='../x': must be a plain folder name$"),
+        ({"method.cluster_seed": -1}, r"^method.cluster_seed=-1: input should be greater than or equal to 0$"),
+        # Rules across fields: a schedule that never reaches its milestones, re-weighting that never starts.
+        (
+            {"optim.epochs": 10},
+            r"^optim.milestones=\[120, 160\] has epochs at or past optim.epochs=10, where the "
+            r"learning rate would never decay; set milestones below 10 or optim.milestones=\[\]$",
+        ),
+        (
+            {"method.name": "ldam_drw", "optim.epochs": 100, "optim.milestones": [50]},
+            r"^method.drw_epoch=160 is not before optim.epochs=100: ldam_drw's deferred re-weighting would never start",
+        ),
+        (
+            {"model.inference": "fbh", "method.name": "cdh_only"},
+            r"^model.inference=fbh needs the feature-balancing head, which method.name=cdh_only lacks; use max or sum$",
+        ),
+        ({"data.dataset": "folder"}, r"^data.path must name the folder dataset location"),
+        ({"optim.warmup_epochs": 200}, r"^optim.warmup_epochs=200 must be below optim.epochs=200$"),
     ],
 )
 def test_validation_names_field_value_and_range(override, match):
     with pytest.raises(ConfigError, match=match):
-        apply_overrides(TrainConfig(), override).validate()
+        apply_overrides(TrainConfig(), override)
+
+
+def test_cluster_seed_defaults_to_the_run_seed():
+    assert TrainConfig().method.cluster_seed is None and TrainConfig().cluster_seed == 0
+    assert apply_overrides(TrainConfig(), {"optim.seed": 3}).cluster_seed == 3
+    assert apply_overrides(TrainConfig(), ["optim.seed=3", "method.cluster_seed=5"]).cluster_seed == 5
+    assert apply_overrides(TrainConfig(), ["method.cluster_seed=5", "method.cluster_seed=null"]).cluster_seed == 0
 
 
 def test_bad_override_syntax_and_types():
     with pytest.raises(ConfigError, match="section.key=value"):
         apply_overrides(TrainConfig(), ["u20"])
-    with pytest.raises(ConfigError, match="unknown config key 'uu'"):
+    with pytest.raises(ConfigError, match=r"^unknown config key 'method.uu'; allowed method.\* keys: name, u, alpha"):
         apply_overrides(TrainConfig(), {"method.uu": 3})
-    with pytest.raises(ConfigError, match="is not a valid int"):
+    with pytest.raises(ConfigError, match=r"^unknown config section 'methods' in 'methods.u'"):
+        apply_overrides(TrainConfig(), {"methods.u": 3})
+    with pytest.raises(ConfigError, match=r"^method.u='ten': input should be a valid integer"):
         apply_overrides(TrainConfig(), {"method.u": "ten"})
-    with pytest.raises(ConfigError, match="is not a valid int"):
+    with pytest.raises(ConfigError, match=r"^method.u=2.5: input should be a valid integer, got a number with a fractional part"):
         apply_overrides(TrainConfig(), {"method.u": 2.5})
+    assert apply_overrides(TrainConfig(), ["optim.milestones=30,40", "optim.epochs=50"]).optim.milestones == (30, 40)
 
 
 def test_yaml_roundtrip_and_file_errors(tmp_path):
@@ -61,6 +102,9 @@ def test_yaml_roundtrip_and_file_errors(tmp_path):
     again = load_config(p)
     assert again.to_dict() == cfg.to_dict()
     assert TrainConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps(cfg.to_dict()))
+    assert load_config(j).to_dict() == cfg.to_dict()
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
@@ -69,6 +113,25 @@ def test_yaml_roundtrip_and_file_errors(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(preset="nope")
+
+
+@pytest.mark.parametrize(
+    "name,text,match",
+    [
+        ("broken.yaml", "method: {u: 3\n", r"^config file '.*broken.yaml' is not valid YAML: "),
+        ("broken.json", '{"method": {"u": 3}', r"^config file '.*broken.json' is not valid JSON: "),
+        ("dup.yaml", "method:\n  u: 3\n  u: 5\n", r"^config file '.*dup.yaml' is not valid YAML: .*duplicate key 'u'"),
+        ("dupsec.yaml", "method: {u: 3}\nmethod: {alpha: 0.4}\n", r"duplicate key 'method'"),
+        ("list.yaml", "- method\n", r"must hold a mapping of sections"),
+        ("scalar.yaml", "method: 3\n", r"section 'method' is not one of .* holding a mapping"),
+    ],
+)
+def test_malformed_config_files_are_one_line_errors(tmp_path, name, text, match):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
 
 
 def test_every_preset_validates():

@@ -3,6 +3,7 @@
 Real CIFAR-10 is decoded once per machine (the decode cache makes later runs instant); everything else runs
 on small synthetic Parquet files / folders written to tmp_path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -206,13 +207,22 @@ def make_cifar(root: Path, C: int, per_class: int, test_per_class: int = 1, shuf
     official_labels = np.random.default_rng(3).permutation(np.repeat(np.arange(C), per_class)).astype(np.int16)
     imgs = random_images(n, seed=4)
     order = np.random.default_rng(5).permutation(n) if shuffle_rows else np.arange(n)
-    write_parquet(root / name / "train.parquet", [webp_bytes(imgs[i]) for i in order], official_labels[order],
-                  index=order, class_names=[f"c{i}" for i in range(C)])
+    write_parquet(
+        root / name / "train.parquet",
+        [webp_bytes(imgs[i]) for i in order],
+        official_labels[order],
+        index=order,
+        class_names=[f"c{i}" for i in range(C)],
+    )
     nt = C * test_per_class
     timgs = random_images(nt, seed=6)
-    write_parquet(root / name / "test.parquet", [webp_bytes(x) for x in timgs],
-                  np.repeat(np.arange(C), test_per_class).astype(np.int16), index=np.arange(nt),
-                  class_names=[f"c{i}" for i in range(C)])
+    write_parquet(
+        root / name / "test.parquet",
+        [webp_bytes(x) for x in timgs],
+        np.repeat(np.arange(C), test_per_class).astype(np.int16),
+        index=np.arange(nt),
+        class_names=[f"c{i}" for i in range(C)],
+    )
     return imgs, official_labels.astype(np.int64)
 
 
@@ -283,8 +293,13 @@ def test_label_out_of_range_names_file_and_row(tmp_path):
 def test_empty_class_names_the_class(tmp_path):
     imgs = random_images(18)
     labels = np.repeat([0, 1, 2, 4, 5, 6, 7, 8, 9], 2).astype(np.int16)
-    write_parquet(tmp_path / "cifar10" / "train.parquet", [webp_bytes(x) for x in imgs], labels, index=np.arange(18),
-                  class_names=["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])
+    write_parquet(
+        tmp_path / "cifar10" / "train.parquet",
+        [webp_bytes(x) for x in imgs],
+        labels,
+        index=np.arange(18),
+        class_names=["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"],
+    )
     with pytest.raises(DataError, match=r"class 3 \(d\) has no images"):
         describe_counts(DataConfig(root=str(tmp_path), val_per_class=0))
 
@@ -429,7 +444,9 @@ def test_imagenet_lt_file_backed_from_lists(tmp_path):
         FileDataset(d.train, train=True)[2]
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(FileDataset(d.train, train=True, skip_corrupt=True), [0, 1, 2]),
-        batch_size=3, collate_fn=collate_skip_corrupt)
+        batch_size=3,
+        collate_fn=collate_skip_corrupt,
+    )
     xb, yb, ib = next(iter(loader))
     assert xb.shape == (2, 3, 16, 16) and ib.tolist() == [0, 1]
 
@@ -455,11 +472,16 @@ def test_generic_parquet_dataset(tmp_path, cache):
     counts = [12, 6, 3]
     labels = np.repeat(["cat", "dog", "emu"], counts)
     imgs = random_images(len(labels), size=24, seed=9)
-    write_parquet(tmp_path / "ds" / "train.parquet", [webp_bytes(x) for x in imgs], list(labels),
-                  class_names=["cat", "dog", "emu"])
+    write_parquet(
+        tmp_path / "ds" / "train.parquet", [webp_bytes(x) for x in imgs], list(labels), class_names=["cat", "dog", "emu"]
+    )
     timgs = random_images(6, size=24, seed=10)
-    write_parquet(tmp_path / "ds" / "test.parquet", [webp_bytes(x) for x in timgs], ["cat", "dog", "emu"] * 2,
-                  class_names=["cat", "dog", "emu"])
+    write_parquet(
+        tmp_path / "ds" / "test.parquet",
+        [webp_bytes(x) for x in timgs],
+        ["cat", "dog", "emu"] * 2,
+        class_names=["cat", "dog", "emu"],
+    )
     d = build_data(DataConfig(dataset="parquet", path=str(tmp_path / "ds"), val_per_class=2))
     assert d.class_names == ["cat", "dog", "emu"] and d.image_size == 24
     assert d.class_counts.tolist() == [10, 4, 2]  # as given, minus the carved validation images
@@ -471,8 +493,12 @@ def test_generic_parquet_dataset(tmp_path, cache):
 
     with pytest.raises(DataError, match="does not exist"):
         build_data(DataConfig(dataset="parquet", path=str(tmp_path / "missing")))
-    write_parquet(tmp_path / "bad" / "train.parquet", [webp_bytes(x) for x in imgs[:3]], ["cat", "cow", "emu"],
-                  class_names=["cat", "dog", "emu"])
+    write_parquet(
+        tmp_path / "bad" / "train.parquet",
+        [webp_bytes(x) for x in imgs[:3]],
+        ["cat", "cow", "emu"],
+        class_names=["cat", "dog", "emu"],
+    )
     write_parquet(tmp_path / "bad" / "test.parquet", [webp_bytes(timgs[0])], ["cat"], class_names=["cat", "dog", "emu"])
     with pytest.raises(DataError, match=r"label 'cow' at row 1 of .*train.parquet"):
         build_data(DataConfig(dataset="parquet", path=str(tmp_path / "bad")))

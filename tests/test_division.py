@@ -1,4 +1,5 @@
 """Eq. 3, cluster assignment, soft labels and the K-to-C map (paper Sec. 2.2)."""
+
 from __future__ import annotations
 
 import math

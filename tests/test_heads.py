@@ -1,10 +1,11 @@
 """Feature-balancing head isolation (Eq. 1), the projection choice, the K-to-C map and the assembled model."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from twohead.config import apply_overrides, TrainConfig
+from twohead.config import TrainConfig, apply_overrides
 from twohead.division import DivisionPlan
 from twohead.heads import FeatureBalancingHead, channels_per_class
 from twohead.model import TwoHeadModel, create_model
@@ -30,7 +31,9 @@ def test_fbh_equals_per_class_convolution_then_gap():
     feats = torch.randn(4, C * m, 5, 5)
     want = torch.stack(
         [
-            torch.nn.functional.conv2d(feats[:, c * m : (c + 1) * m], head.conv.weight[c : c + 1], padding=k // 2).mean(dim=(1, 2, 3))
+            torch.nn.functional.conv2d(feats[:, c * m : (c + 1) * m], head.conv.weight[c : c + 1], padding=k // 2).mean(
+                dim=(1, 2, 3)
+            )
             for c in range(C)
         ],
         dim=1,
@@ -40,8 +43,14 @@ def test_fbh_equals_per_class_convolution_then_gap():
 
 @pytest.mark.parametrize(
     "D,C,mode,want",
-    [(64, 10, "auto", (7, True)), (64, 100, "auto", (1, True)), (64, 16, "auto", (4, False)),
-     (2048, 1000, "auto", (3, True)), (64, 8, "none", (8, False)), (64, 10, "2", (2, True))],
+    [
+        (64, 10, "auto", (7, True)),
+        (64, 100, "auto", (1, True)),
+        (64, 16, "auto", (4, False)),
+        (2048, 1000, "auto", (3, True)),
+        (64, 8, "none", (8, False)),
+        (64, 10, "2", (2, True)),
+    ],
 )
 def test_channels_per_class(D, C, mode, want):
     assert channels_per_class(D, C, mode) == want
@@ -88,8 +97,9 @@ def test_create_model_per_method(method):
 
 def test_create_model_takes_the_data_resolution():
     """A folder / Parquet dataset knows its image size (LTData.image_size); the backbone stem follows it."""
-    cfg = apply_overrides(TrainConfig(), {"method.name": "ce", "model.backbone": "resnet18", "data.dataset": "folder",
-                                         "data.path": "/x"})
+    cfg = apply_overrides(
+        TrainConfig(), {"method.name": "ce", "model.backbone": "resnet18", "data.dataset": "folder", "data.path": "/x"}
+    )
     assert create_model(cfg, [5, 3], image_size=96).backbone.conv1.stride == (2, 2)  # ImageNet stem kept
     assert create_model(cfg, [5, 3]).backbone.conv1.stride == (1, 1)  # nominal 32 px: small-input stem
 
@@ -97,8 +107,10 @@ def test_create_model_takes_the_data_resolution():
 def test_ablation_rows_share_one_architecture():
     """Table 4: FBH only, CDH only and both read the same projected features (ResNet-32: D = 64 -> 7 x 10 = 70)."""
     counts = [500, 200, 80, 30, 20, 15, 12, 10, 9, 8]
-    models = {m: create_model(apply_overrides(TrainConfig(), {"method.name": m}), counts)
-              for m in ("fbh_only", "cdh_only", "twohead", "ce")}
+    models = {
+        m: create_model(apply_overrides(TrainConfig(), {"method.name": m}), counts)
+        for m in ("fbh_only", "cdh_only", "twohead", "ce")
+    }
     for m in ("fbh_only", "cdh_only", "twohead"):
         proj = models[m].proj
         assert isinstance(proj, torch.nn.Sequential) and proj[0].in_channels == 64 and proj[0].out_channels == 70, m

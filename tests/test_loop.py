@@ -1,4 +1,5 @@
 """The one training loop: outputs, checkpoint/resume, refusal to overwrite, every method end to end."""
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,32 @@ def synthetic(counts=COUNTS, per_eval=6, size=32, seed=0) -> LTData:
         imgs = colours[labels][:, None, None, :] + rng.normal(0, 40, (len(labels), size, size, 3))
         return Split(labels=labels, ids=np.arange(len(labels)), images=np.clip(imgs, 0, 255).astype(np.uint8))
 
-    return LTData(name="synthetic", class_names=["r", "g", "b"], num_classes=3, image_size=size,
-                  mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=make(counts), val=make([per_eval] * 3),
-                  test=make([per_eval] * 3))
+    return LTData(
+        name="synthetic",
+        class_names=["r", "g", "b"],
+        num_classes=3,
+        image_size=size,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        train=make(counts),
+        val=make([per_eval] * 3),
+        test=make([per_eval] * 3),
+    )
 
 
 def tiny_cfg(tmp_path, **over):
-    base = {"method.u": 3, "optim.epochs": 2, "optim.batch_size": 16, "optim.warmup_epochs": 0,
-            "optim.milestones": [1], "run.out": str(tmp_path), "run.progress": False, "run.plots": False,
-            "run.checkpoint_every": 1, "method.drw_epoch": 1}
+    base = {
+        "method.u": 3,
+        "optim.epochs": 2,
+        "optim.batch_size": 16,
+        "optim.warmup_epochs": 0,
+        "optim.milestones": [1],
+        "run.out": str(tmp_path),
+        "run.progress": False,
+        "run.plots": False,
+        "run.checkpoint_every": 1,
+        "method.drw_epoch": 1,
+    }
     base.update(over)
     return load_config(overrides=base)
 
@@ -57,8 +75,21 @@ def test_fit_writes_resolved_config_history_metrics_and_plots(tmp_path):
     result = fit(cfg, data=synthetic())
     out = tmp_path / cfg.run_name()
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("top1", "per_class_recall", "many", "medium", "few", "ece", "val", "weight_norms", "wall_s", "torch",
-                "by_inference", "posthoc", "cluster_seed"):
+    for key in (
+        "top1",
+        "per_class_recall",
+        "many",
+        "medium",
+        "few",
+        "ece",
+        "val",
+        "weight_norms",
+        "wall_s",
+        "torch",
+        "by_inference",
+        "posthoc",
+        "cluster_seed",
+    ):
         assert key in metrics
     assert metrics == json.loads(json.dumps(result))
     assert len(metrics["per_class_recall"]) == 3 and metrics["clusters_per_class"] == [3, 2, 1]
@@ -105,7 +136,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 def test_refuses_to_overwrite_another_runs_results(tmp_path):
     data = synthetic()
-    cfg = tiny_cfg(tmp_path, **{"run.name": "x", "optim.epochs": 1})
+    cfg = tiny_cfg(tmp_path, **{"run.name": "x", "optim.epochs": 1, "optim.milestones": []})
     fit(cfg, data=data)
     before = (tmp_path / "x" / "metrics.json").read_bytes()
     other = apply_overrides(cfg, {"method.u": 2})
@@ -134,7 +165,9 @@ def test_every_method_trains_and_reports_every_reading(tmp_path, method):
     readings = ["max", "sum", "fuse", "fbh"] if spec.fbh else ["max", "sum"]
     assert list(result["by_inference"]) == readings
     assert result["by_inference"][cfg.model.inference] == result["top1"]  # the headline is the default reading
-    posthoc = ["la_tau0.5", "la_tau1.0", "la_tau1.5", "la_tau2.0"] + ([] if spec.normed_classifier else ["taunorm0.5", "taunorm1.0"])
+    posthoc = ["la_tau0.5", "la_tau1.0", "la_tau1.5", "la_tau2.0"] + (
+        [] if spec.normed_classifier else ["taunorm0.5", "taunorm1.0"]
+    )
     assert list(result["posthoc"]) == posthoc
     assert len(result["weight_norms"]) == 3 and len(result["cluster_weight_norms"]) == sum(result["clusters_per_class"])
     history = [json.loads(x) for x in (tmp_path / cfg.run_name() / "history.jsonl").read_text().splitlines()]
@@ -188,20 +221,39 @@ def test_file_backed_split_trains_through_the_dataloader(tmp_path):
             d.mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
-    cfg = tiny_cfg(tmp_path / "runs", **{"data.dataset": "folder", "data.path": str(root), "data.val_per_class": 0,
-                                         "data.image_size": 72, "data.num_workers": 0, "optim.batch_size": 4,
-                                         "method.u": 2, "optim.epochs": 1})
+    cfg = tiny_cfg(
+        tmp_path / "runs",
+        **{
+            "data.dataset": "folder",
+            "data.path": str(root),
+            "data.val_per_class": 0,
+            "data.image_size": 72,
+            "data.num_workers": 0,
+            "optim.batch_size": 4,
+            "method.u": 2,
+            "optim.epochs": 1,
+            "optim.milestones": [],
+        },
+    )
     result = fit(cfg)
     assert result["num_samples"] == 6 and len(result["per_class_recall"]) == 2
 
 
 def test_kmeans_division_on_features_of_a_checkpoint(tmp_path):
     data = synthetic()
-    first = tiny_cfg(tmp_path, **{"run.name": "feat", "optim.epochs": 1})
+    first = tiny_cfg(tmp_path, **{"run.name": "feat", "optim.epochs": 1, "optim.milestones": []})
     fit(first, data=data)
     ckpt = tmp_path / "feat" / "checkpoint.pt"
-    cfg = tiny_cfg(tmp_path, **{"run.name": "km", "optim.epochs": 1, "method.clustering": "kmeans",
-                                "method.embedding": f"checkpoint:{ckpt}"})
+    cfg = tiny_cfg(
+        tmp_path,
+        **{
+            "run.name": "km",
+            "optim.epochs": 1,
+            "optim.milestones": [],
+            "method.clustering": "kmeans",
+            "method.embedding": f"checkpoint:{ckpt}",
+        },
+    )
     result = fit(cfg, data=data)
     assert result["clusters_per_class"] == [3, 2, 1]
     bad = apply_overrides(cfg, {"run.name": "km2", "method.embedding": f"checkpoint:{tmp_path}/nope.pt"})

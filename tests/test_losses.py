@@ -1,4 +1,5 @@
 """Losses against hand computations on tiny batches (explicit math.exp / math.log, not the torch op under test)."""
+
 from __future__ import annotations
 
 import math
@@ -132,7 +133,7 @@ def test_ldam_margins_rarest_class_gets_max_m():
     assert m[2].item() == pytest.approx(0.4)
     assert m.argmax().item() == 2
     for c, n in enumerate(counts):  # proportional to n^(-1/4)
-        assert m[c].item() == pytest.approx(0.4 * n ** -0.25 / 1 ** -0.25, rel=1e-6)
+        assert m[c].item() == pytest.approx(0.4 * n**-0.25 / 1**-0.25, rel=1e-6)
 
 
 def test_ldam_matches_hand_computation():
@@ -141,7 +142,7 @@ def test_ldam_matches_hand_computation():
     assert isinstance(crit, LDAMLoss)
     cos = [[0.9, 0.1, -0.2], [0.3, 0.4, 0.2], [-0.1, 0.5, 0.45]]
     loss = crit(out_of(cos), torch.tensor(LABELS), None)
-    margins = [max_m * n ** -0.25 / min(counts) ** -0.25 for n in counts]  # 0.125, 0.25, 0.5
+    margins = [max_m * n**-0.25 / min(counts) ** -0.25 for n in counts]  # 0.125, 0.25, 0.5
     per = []
     for z, y in zip(cos, LABELS):
         shifted = [s * (v - (margins[y] if j == y else 0.0)) for j, v in enumerate(z)]
@@ -266,10 +267,7 @@ def test_class_weights_apply_to_both_terms():
     raw = [(1 - beta) / (1 - beta**n) for n in counts]
     w = [r / sum(raw) * 3 for r in raw]
     loss = crit(out_of(CLUSTER_LOGITS, FBH_LOGITS), torch.tensor(Y2), torch.tensor(K2))
-    num = sum(
-        w[y] * (soft_ce_row(zc, q[k]) + lam * ce_row(zf, y))
-        for zc, zf, y, k in zip(CLUSTER_LOGITS, FBH_LOGITS, Y2, K2)
-    )
+    num = sum(w[y] * (soft_ce_row(zc, q[k]) + lam * ce_row(zf, y)) for zc, zf, y, k in zip(CLUSTER_LOGITS, FBH_LOGITS, Y2, K2))
     assert loss.item() == pytest.approx(num / sum(w[y] for y in Y2), rel=1e-5)
 
 
@@ -338,9 +336,19 @@ def test_mixup_rejects_uint8_images_and_bad_alpha():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("ce", CELoss), ("cb", CELoss), ("mixup", CELoss), ("focal", FocalLoss), ("cb_focal", FocalLoss),
-     ("ldam", LDAMLoss), ("ldam_drw", LDAMLoss), ("twohead", TwoHeadLoss), ("fbh_only", TwoHeadLoss),
-     ("cdh_only", TwoHeadLoss), ("twohead_full", TwoHeadLoss)],
+    [
+        ("ce", CELoss),
+        ("cb", CELoss),
+        ("mixup", CELoss),
+        ("focal", FocalLoss),
+        ("cb_focal", FocalLoss),
+        ("ldam", LDAMLoss),
+        ("ldam_drw", LDAMLoss),
+        ("twohead", TwoHeadLoss),
+        ("fbh_only", TwoHeadLoss),
+        ("cdh_only", TwoHeadLoss),
+        ("twohead_full", TwoHeadLoss),
+    ],
 )
 def test_build_criterion_picks_the_method_loss(name, cls):
     crit = build_criterion(cfg_for(name), [30, 5, 2], soft_labels=torch.tensor(soft_label_rows(U, 0.5)))

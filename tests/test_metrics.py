@@ -1,4 +1,5 @@
 """twohead.metrics (report, groups, ECE, weight norms) and twohead.plots (PNG files)."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,9 @@ def test_report_hand_computed():
     assert r["medium"] == pytest.approx(75.0)  # class-balanced mean of 50 and 100, not 3/4 of pooled samples
     assert r["few"] == pytest.approx(0.0)
     assert r["worst_class"] == pytest.approx(0.0)  # class 3: 0/1
-    assert recall_report(PREDS, LABELS, COUNTS) == {k: r[k] for k in ("top1", "per_class_recall", "many", "medium",
-                                                                       "few", "worst_class")}
+    assert recall_report(PREDS, LABELS, COUNTS) == {
+        k: r[k] for k in ("top1", "per_class_recall", "many", "medium", "few", "worst_class")
+    }
     # all 8 samples sit in the (0.667, 0.733] bin: |acc 0.625 - conf 0.7| = 7.5 %
     assert r["ece"] == pytest.approx(7.5)
     assert r["nll"] == pytest.approx((5 * -math.log(0.7) + 3 * -math.log(0.1)) / 8)
@@ -212,16 +214,23 @@ def _fake_metrics(counts, seed, tilt):
     c = len(counts)
     recall = np.clip(90 - tilt * np.arange(c) / c * 80 + rng.normal(0, 5, c), 0, 100).tolist()
     norms = (1.0 + tilt * np.log(counts + 1) / 5).tolist()
-    return {"top1": float(np.mean(recall)), "per_class_recall": recall, "many": 80.0, "medium": 50.0,
-            "few": None, "weight_norms": norms}
+    return {
+        "top1": float(np.mean(recall)),
+        "per_class_recall": recall,
+        "many": 80.0,
+        "medium": 50.0,
+        "few": None,
+        "weight_norms": norms,
+    }
 
 
 def test_plot_run_and_history(tmp_path):
     counts = _lt_counts()
     metrics = _fake_metrics(counts, 0, 1.0)
     metrics["per_class_recall"][5] = None  # a class without test samples draws as a gap, not an error
-    history = [{"epoch": e, "lr": 0.1 * 0.5 ** e, "train_loss": 2.0 / e, "val_top1": 10.0 * e, "val_many": 12.0 * e}
-               for e in range(1, 6)]
+    history = [
+        {"epoch": e, "lr": 0.1 * 0.5**e, "train_loss": 2.0 / e, "val_top1": 10.0 * e, "val_many": 12.0 * e} for e in range(1, 6)
+    ]
     history[-1]["test_top1"] = 48.0
     out = tmp_path / "run"
     paths = plots.plot_run(metrics, counts, out, history=history)
@@ -285,7 +294,9 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_imports_stay_light():
-    code = ("import sys, twohead.metrics, twohead.plots; "
-            "bad = [m for m in ('matplotlib', 'ray') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, twohead.metrics, twohead.plots; "
+        "bad = [m for m in ('matplotlib', 'ray') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

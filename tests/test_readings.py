@@ -4,6 +4,7 @@ The model is built by hand so its outputs are known: the "backbone" passes a 4-v
 map (D = 4, C = 2, so m = 2 and no projection); the K = 3 cluster rows (class 0 owns clusters 0 and 1, class 1
 owns cluster 2) read one feature each; the FBH's class-0 kernel is zero and its class-1 kernel reads feature 3.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,16 @@ COUNTS = [90, 10]  # prior 0.9 / 0.1: log-prior gap ln 9 = 2.197
 # taunorm: rows / norm^tau; row 0 has norm 2. tau 1: A [1, 2, 2.5] -> 1, B [1.75, 0, 2] -> 1;
 #          tau 0.5: A [1.41, 2, 2.5] -> 1, B [2.47, 0, 2] -> 0
 EXPECTED = {
-    "max": [1, 0], "sum": [0, 0], "fbh": [1, 0], "fuse": [1, 0],
-    "la_tau0.5": [1, 0], "la_tau1.0": [1, 1], "la_tau1.5": [1, 1], "la_tau2.0": [1, 1],
-    "taunorm0.5": [1, 0], "taunorm1.0": [1, 1],
+    "max": [1, 0],
+    "sum": [0, 0],
+    "fbh": [1, 0],
+    "fuse": [1, 0],
+    "la_tau0.5": [1, 0],
+    "la_tau1.0": [1, 1],
+    "la_tau1.5": [1, 1],
+    "la_tau2.0": [1, 1],
+    "taunorm0.5": [1, 0],
+    "taunorm1.0": [1, 1],
 }
 
 
@@ -76,8 +84,7 @@ def test_every_reading_and_posthoc_prediction_matches_the_hand_calculation():
     assert report["posthoc"]["la_tau1.0"] == 50.0 and report["posthoc"]["taunorm0.5"] == 0.0
     assert report["top1"] == 0.0 and report["reading"] == "max"
     # class 0 has 90 training images (medium: 20..100), class 1 has 10 (few): sum gets class 0 right, class 1 wrong
-    assert report["by_inference_groups"]["sum"] == {"top1": 50.0, "many": None, "medium": 100.0, "few": 0.0,
-                                                   "worst_class": 0.0}
+    assert report["by_inference_groups"]["sum"] == {"top1": 50.0, "many": None, "medium": 100.0, "few": 0.0, "worst_class": 0.0}
 
 
 def test_reading_probabilities_match_closed_forms():
@@ -91,7 +98,8 @@ def test_reading_probabilities_match_closed_forms():
     p_fbh1 = e(1) / (1 + e(1))
     assert model.probs(out, "fbh")[0].tolist() == pytest.approx([1 - p_fbh1, p_fbh1], rel=1e-6)
     assert model.probs(out, "fuse")[0].tolist() == pytest.approx(
-        [0.5 * (p_sum0 + 1 - p_fbh1), 0.5 * (1 - p_sum0 + p_fbh1)], rel=1e-6)
+        [0.5 * (p_sum0 + 1 - p_fbh1), 0.5 * (1 - p_sum0 + p_fbh1)], rel=1e-6
+    )
 
 
 def test_sum_reading_does_not_underflow():

@@ -8,6 +8,7 @@
 
 Heavy modules (torch models, data, the loop) are imported on first use; Ray is never imported here.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,8 +31,14 @@ _LAZY = {
 }
 
 __all__ = [
-    "ConfigError", "TrainConfig", "apply_overrides", "load_config",
-    "DivisionPlan", "assign_clusters", "clusters_per_class", "soft_label_matrix",
+    "ConfigError",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "DivisionPlan",
+    "assign_clusters",
+    "clusters_per_class",
+    "soft_label_matrix",
     *_LAZY,
 ]
 
@@ -42,11 +49,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'twohead' has no attribute {name!r}")
 
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .backbones import create_backbone
-    from .data import build_data
-    from .losses import build_criterion
-    from .evaluation import evaluate
-    from .loop import fit
-    from .metrics import classification_report
-    from .model import TwoHeadModel, create_model
+if TYPE_CHECKING:  # pragma: no cover - the lazy names, for type checkers and IDEs
+    from .backbones import create_backbone  # noqa: F401
+    from .data import build_data  # noqa: F401
+    from .evaluation import evaluate  # noqa: F401
+    from .loop import fit  # noqa: F401
+    from .losses import build_criterion  # noqa: F401
+    from .metrics import classification_report  # noqa: F401
+    from .model import TwoHeadModel, create_model  # noqa: F401

@@ -3,14 +3,16 @@
 A crash, a kill or a full disk mid-write leaves the previous file intact and no temporary file behind (the
 temporary is removed on any exception), so a reader never sees a truncated checkpoint, metrics file or table.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["atomic_path", "write_text", "write_bytes", "write_json"]
 

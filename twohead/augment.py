@@ -4,9 +4,10 @@ The CIFAR recipe (LDAM-DRW, paper Sec. 3.1 "random crop and flipping") is pad-4 
 Doing it on the device on whole batches keeps small datasets GPU-resident end to end and leaves nothing on the
 host in the training step, so the step can be captured as one CUDA graph.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,9 @@ def random_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     return xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
-              channels_last: bool = True) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor, channels_last: bool = True
+) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32 normalised, channels_last when asked (NHWC is faster for convolutions)."""
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)

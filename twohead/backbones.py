@@ -9,6 +9,8 @@ Backbones (paper Sec. 3.1 / Table 5):
 ================== ====== =============================== ==========================================
 name               D      map at 32 px (at 224 px)        used for
 ================== ====== =============================== ==========================================
+resnet8            64     8x8                             CPU smoke runs (same family, n=1)
+resnet20           64     8x8                             LDAM-DRW's smaller CIFAR ResNet
 resnet32           64     8x8                             CIFAR-10/100-LT (as LDAM-DRW)
 resnet110          64     8x8                             Table 5
 resnet18           512    4x4 (7x7); 8x8 at 64 px         Tiny-ImageNet-LT
@@ -20,10 +22,12 @@ mobilenet_v2       1280   4x4 (7x7)                       Table 5
 The torchvision trunks get the usual small-input adaptations when ``image_size <= 64`` (see each builder).
 Weights are always randomly initialised: nothing is ever downloaded.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,9 +90,7 @@ def create_backbone(name: str, *, image_size: int = 32, **kw: Any) -> nn.Module:
     for key in ("weights", "pretrained"):
         if kw.get(key):
             # Offline by design (no internet on the training nodes); say so rather than hang on a download.
-            raise ValueError(
-                f"backbone {name!r}: {key}={kw[key]!r} is not supported; twohead never loads pretrained weights"
-            )
+            raise ValueError(f"backbone {name!r}: {key}={kw[key]!r} is not supported; twohead never loads pretrained weights")
         kw.pop(key, None)
     model = BACKBONES[name](image_size=image_size, **kw)
     assert isinstance(getattr(model, "out_channels", None), int), f"backbone {name!r} lacks an int out_channels"
@@ -187,6 +189,18 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(out)))
+
+
+@register_backbone("resnet8")
+def resnet8(image_size: int) -> CifarResNet:
+    """ResNet-8 (n=1), 78k parameters: the same family at its smallest, for CPU smoke runs and tests."""
+    return CifarResNet((1, 1, 1))
+
+
+@register_backbone("resnet20")
+def resnet20(image_size: int) -> CifarResNet:
+    """ResNet-20 (n=3), 0.27M parameters (LDAM-DRW's ``resnet20``)."""
+    return CifarResNet((3, 3, 3))
 
 
 @register_backbone("resnet32")

@@ -6,6 +6,7 @@
 
 Config errors exit with status 2 and one line naming the field, its value and the allowed range.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,14 @@ from .config import PRESETS, ConfigError, TrainConfig, apply_overrides, load_con
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with sections data/model/method/optim/run")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (smoke, cifar10-lt, imagenet-lt, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field, e.g. --set method.u=20 --set optim.epochs=10 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set method.u=20 --set optim.epochs=10 (repeatable)",
+    )
     p.add_argument("--out", help="results folder (run.out)")
     p.add_argument("--name", help="run name (run.name)")
 
@@ -41,7 +48,12 @@ def cmd_train(args) -> int:
     cfg = _load(args)
     result = fit(cfg)
     out = Path(cfg.run.out) / cfg.run_name()
-    print(json.dumps({k: result[k] for k in ("top1", "many", "medium", "few")} | {"val_top1": (result.get("val") or {}).get("top1"), "metrics": str(out / "metrics.json")}))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("top1", "many", "medium", "few")}
+            | {"val_top1": (result.get("val") or {}).get("top1"), "metrics": str(out / "metrics.json")}
+        )
+    )
     return 0
 
 
@@ -81,7 +93,9 @@ def cmd_describe(args) -> int:
     counts = info["train_counts"]
     names = info.get("class_names") or [str(i) for i in range(len(counts))]
     ucs = clusters_per_class(counts, cfg.method.u, cfg.method.rounding) if cfg.spec.cdh else [1] * len(counts)
-    print(f"dataset {cfg.data.dataset}  imbalance {cfg.data.imbalance:g}  method {cfg.method.name}  u={cfg.method.u} ({cfg.method.rounding})")
+    print(
+        f"dataset {cfg.data.dataset}  imbalance {cfg.data.imbalance:g}  method {cfg.method.name}  u={cfg.method.u} ({cfg.method.rounding})"
+    )
     print(f"{'class':>5}  {'name':<20} {'n_c':>6} {'u_c':>4}")
     for c, (name, n, uc) in enumerate(zip(names, counts, ucs)):
         print(f"{c:>5}  {str(name)[:20]:<20} {n:>6} {uc:>4}")

@@ -4,6 +4,7 @@ Random splitting is the paper's default (Sec. 3.1); k-means and hierarchical clu
 embedding: PCA of pixels, raw pixels, or the pooled features of a trained checkpoint (``method.embedding``).
 The seed is ``TrainConfig.cluster_seed`` (``method.cluster_seed``, else ``optim.seed``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

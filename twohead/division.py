@@ -7,10 +7,11 @@ sample's own cluster and (1 - alpha) / (u_c - 1) on each sibling cluster of the 
 
 Cluster ids are global: class c owns ids ``offsets[c] .. offsets[c] + u_c - 1``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -67,15 +68,17 @@ class DivisionPlan:
     u_per_class: tuple[int, ...]  # u_c, in class order
 
     @classmethod
-    def from_counts(cls, class_counts: Sequence[int], u: int, rounding: str = "ceil") -> "DivisionPlan":
+    def from_counts(cls, class_counts: Sequence[int], u: int, rounding: str = "ceil") -> DivisionPlan:
         plan = cls(tuple(clusters_per_class(class_counts, u, rounding)))
         for c, (n, uc) in enumerate(zip(np.asarray(class_counts).tolist(), plan.u_per_class)):
             if n < uc:
-                raise DivisionError(f"class {c} has {n} training samples but needs u_c={uc} non-empty clusters (Eq. 3 with u={u})")
+                raise DivisionError(
+                    f"class {c} has {n} training samples but needs u_c={uc} non-empty clusters (Eq. 3 with u={u})"
+                )
         return plan
 
     @classmethod
-    def identity(cls, num_classes: int) -> "DivisionPlan":
+    def identity(cls, num_classes: int) -> DivisionPlan:
         """One cluster per class: the plain C-way classifier (no class division)."""
         return cls((1,) * num_classes)
 
@@ -177,7 +180,7 @@ def soft_label_matrix(plan: DivisionPlan, alpha: float):
         raise DivisionError(f"alpha={alpha} must be in (0, 1]")
     K = plan.num_clusters
     q = torch.zeros(K, K, dtype=torch.float32)
-    for c, (start, uc) in enumerate(zip(plan.offsets.tolist(), plan.u_per_class)):
+    for start, uc in zip(plan.offsets.tolist(), plan.u_per_class):
         if uc == 1:
             q[start, start] = 1.0
             continue
@@ -211,4 +214,3 @@ def describe_division(class_counts: Sequence[int], u: int, rounding: str = "ceil
     """Rows (class, n_c, u_c) for `twohead describe`."""
     ucs = clusters_per_class(class_counts, u, rounding)
     return [{"class": c, "n": int(n), "u_c": uc} for c, (n, uc) in enumerate(zip(class_counts, ucs))]
-

@@ -10,17 +10,19 @@
 Only per-sample predictions (and, for the default reading, confidence and the true class's probability) are kept
 between batches, never [N, C] score matrices, so ImageNet-LT's 1000 classes cost a few MB.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from .augment import normalize, to_nchw
 from .metrics import DENSE_CONFUSION_MAX_CLASSES, expected_calibration_error, recall_report
-from .runtime import amp_dtype
 from .readings import LA_TAUS, TAU_NORMS, log_prior, logit_adjusted, readings_of, tau_normalised_logits
+from .runtime import amp_dtype
 
 __all__ = ["Evaluator", "evaluate", "eval_batches", "GROUP_KEYS"]
 
@@ -98,8 +100,7 @@ class Evaluator:
             num_classes=int(c),
             reading=self.default,
         )
-        groups = {r: {k: v for k, v in recall_report(preds[r], y, self.counts).items() if k in GROUP_KEYS}
-                  for r in self.readings}
+        groups = {r: {k: v for k, v in recall_report(preds[r], y, self.counts).items() if k in GROUP_KEYS} for r in self.readings}
         report["by_inference"] = {r: g["top1"] for r, g in groups.items()}
         report["by_inference_groups"] = groups
         report["posthoc"] = {k: float((p == y).mean() * 100.0) for k, p in preds.items() if k not in self.readings}

@@ -10,6 +10,7 @@
   method of the two-head family (FBH only, CDH only, both: Table 4) gets the same projection, so the ablation's
   rows share one architecture and differ only in the losses that train it.
 """
+
 from __future__ import annotations
 
 import math

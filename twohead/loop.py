@@ -9,14 +9,16 @@ once and ``metrics.json`` is written (:mod:`twohead.runs`).
 Ray-free: distributed data parallelism is torch DDP when a process group is already initialised (Ray Train sets
 one up); per-epoch reporting and checkpoint storage go through a :class:`~twohead.runs.Reporter`.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +59,9 @@ def build_training(cfg: TrainConfig, counts, plan: DivisionPlan, device: torch.d
     soft = soft_label_matrix(plan, cfg.method.alpha) if cfg.spec.cdh else None
     criterion = build_criterion(cfg, counts, soft).to(device)
     # Weight decay on every parameter, as LDAM-DRW's CIFAR recipe does.
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr_at(cfg, 0), momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr_at(cfg, 0), momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
     return model, criterion, optimizer
 
 
@@ -134,8 +137,9 @@ def fit(
     graphs = use_graphs(cfg, device, world)
     if train_source is None:
         if data.train.images is not None and cfg.data.device_resident != "off":
-            train_source = DeviceSource(data.train.images, data.train.labels, clusters, device,
-                                        cfg.optim.batch_size, cfg.optim.seed, drop_last=graphs)
+            train_source = DeviceSource(
+                data.train.images, data.train.labels, clusters, device, cfg.optim.batch_size, cfg.optim.seed, drop_last=graphs
+            )
         else:
             train_source = LoaderSource(data.train, clusters, cfg, image_size)
     step = Step(net, criterion, optimizer, cfg, data.mean, data.std, device, amp_dtype(cfg, device), graphs)
@@ -207,7 +211,10 @@ def fit(
             append_history(out, metrics)
             if progress:
                 val = f" val_top1={metrics['val_top1']:.2f}" if "val_top1" in metrics else ""
-                print(f"epoch {done}/{cfg.optim.epochs} loss={train_loss:.4f} lr={lr:.4g} {metrics['train_img_per_s']:.0f} img/s{val}", flush=True)
+                print(
+                    f"epoch {done}/{cfg.optim.epochs} loss={train_loss:.4f} lr={lr:.4g} {metrics['train_img_per_s']:.0f} img/s{val}",
+                    flush=True,
+                )
         ckpt = last or done % cfg.run.checkpoint_every == 0
         if last and is_main:
             result = _finish(out, cfg, model, data, plan, final, history, device, wall_before + time.perf_counter() - t_run)
@@ -232,12 +239,18 @@ def _best_over_epochs(history: list[dict], final_top1: float, epochs: int) -> di
     if not curve:
         return None
     top1, epoch = max(curve + [(final_top1, epochs)], key=lambda t: (t[0], -t[1]))
-    return {"top1": top1, "epoch": epoch, "from_epoch": min(e for _, e in curve),
-            "protocol": "best test top-1 over epochs (LDAM-DRW / BBN code); the headline is the final epoch",
-            "seconds": float(sum(h.get("test_curve_s", 0.0) for h in history))}
+    return {
+        "top1": top1,
+        "epoch": epoch,
+        "from_epoch": min(e for _, e in curve),
+        "protocol": "best test top-1 over epochs (LDAM-DRW / BBN code); the headline is the final epoch",
+        "seconds": float(sum(h.get("test_curve_s", 0.0) for h in history)),
+    }
 
 
-def _finish(out: Path, cfg: TrainConfig, model, data, plan: DivisionPlan, final: dict, history: list, device, wall: float) -> dict:
+def _finish(
+    out: Path, cfg: TrainConfig, model, data, plan: DivisionPlan, final: dict, history: list, device, wall: float
+) -> dict:
     from .metrics import cluster_weight_norms, weight_norms
 
     last_val = next((h for h in reversed(history) if "val_top1" in h), None)
@@ -251,8 +264,9 @@ def _finish(out: Path, cfg: TrainConfig, model, data, plan: DivisionPlan, final:
             "epochs": cfg.optim.epochs,
             "seed": cfg.optim.seed,
             "cluster_seed": cfg.cluster_seed if cfg.spec.cdh else None,
-            "val": ({k: last_val.get(f"val_{k}") for k in (*GROUP_KEYS, "by_inference", "posthoc")}
-                    if last_val is not None else None),
+            "val": (
+                {k: last_val.get(f"val_{k}") for k in (*GROUP_KEYS, "by_inference", "posthoc")} if last_val is not None else None
+            ),
             "test_best_over_epochs": _best_over_epochs(history, final["top1"], cfg.optim.epochs),
             "class_counts": [int(c) for c in data.class_counts],
             "clusters_per_class": list(plan.u_per_class),

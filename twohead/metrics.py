@@ -18,6 +18,7 @@ Conventions
   ``confusion_sparse`` holds the non-zero cells as ``[true, pred, count]`` triples, row-major; that list has at
   most ``min(N, C*C)`` entries and is mostly the diagonal for a trained model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -163,11 +164,12 @@ def classification_report(
     if out_of_range.size:
         i = int(out_of_range[0])
         raise ValueError(
-            f"label {int(y[i])} at position {i} is outside [0, {c}) "
-            f"({out_of_range.size} out-of-range label(s) in total)"
+            f"label {int(y[i])} at position {i} is outside [0, {c}) ({out_of_range.size} out-of-range label(s) in total)"
         )
     p = p.astype(np.float64)
-    bad_rows = np.flatnonzero(~np.all(np.isfinite(p), axis=1) | np.any(p < 0, axis=1) | (np.abs(p.sum(axis=1) - 1.0) > _ROW_SUM_ATOL))
+    bad_rows = np.flatnonzero(
+        ~np.all(np.isfinite(p), axis=1) | np.any(p < 0, axis=1) | (np.abs(p.sum(axis=1) - 1.0) > _ROW_SUM_ATOL)
+    )
     if bad_rows.size:
         i = int(bad_rows[0])
         raise ValueError(
@@ -198,9 +200,7 @@ def _recall_report(pred: np.ndarray, y: np.ndarray, counts: np.ndarray) -> tuple
     confusion = np.bincount(y * c + pred, minlength=c * c).reshape(c, c)
     support = confusion.sum(axis=1)
     diag = np.diag(confusion)
-    per_class: list[float | None] = [
-        float(diag[k] / support[k] * 100.0) if support[k] > 0 else None for k in range(c)
-    ]
+    per_class: list[float | None] = [float(diag[k] / support[k] * 100.0) if support[k] > 0 else None for k in range(c)]
     groups = group_of_classes(counts)
     present = [v for v in per_class if v is not None]
     report = {
@@ -231,8 +231,6 @@ def recall_report(
         i = int(bad[0])
         raise ValueError(f"label {int(y[i])} / prediction {int(pred[i])} at position {i} is outside [0, {counts.size})")
     return _recall_report(pred, y, counts)[0]
-
-
 
 
 def _classifier_rows(model: Any) -> tuple[Any, Any]:

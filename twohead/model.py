@@ -3,9 +3,11 @@
 Baselines use the same module with the FBH off and one cluster per class, so every method shares one forward
 path and one training step.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -56,8 +58,7 @@ class TwoHeadModel(nn.Module):
         if fbh:
             self.fbh = FeatureBalancingHead(C, width // C, fbh_kernel)
         self.cdh = ClassDivisionHead(width, plan.num_clusters, normed=normed_classifier)
-        self.register_buffer("cluster_to_class", torch.as_tensor(plan.cluster_to_class, dtype=torch.long),
-                             persistent=False)
+        self.register_buffer("cluster_to_class", torch.as_tensor(plan.cluster_to_class, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> HeadOutput:
         return self.outputs(x)[0]
@@ -89,7 +90,7 @@ class TwoHeadModel(nn.Module):
         return self.cdh.weight_rows()
 
 
-def create_model(cfg: "TrainConfig", class_counts: Sequence[int], image_size: int | None = None) -> TwoHeadModel:
+def create_model(cfg: TrainConfig, class_counts: Sequence[int], image_size: int | None = None) -> TwoHeadModel:
     """Build the model a config describes; the division plan (Eq. 3) comes from the training class counts.
 
     ``image_size`` is the training resolution (``LTData.image_size`` when the data is at hand: it knows the size

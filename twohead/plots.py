@@ -10,6 +10,7 @@ All per-class panels order the classes by decreasing number of training images (
 index order), as the x-axis of the paper's Fig. 3, and mark the many / medium / few boundaries
 (> 100 / 20..100 / < 20 training images, Sec. 3.2).
 """
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,7 @@ def _mark_groups(ax: Axes, sorted_counts: np.ndarray) -> None:
         if lo > 0:
             ax.axvline(lo - 0.5, color="0.4", linestyle="--", linewidth=0.8)
         # x in data coordinates, y in axes coordinates: label sits just under the top edge
-        ax.text((lo + hi - 1) / 2, 0.97, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
-                fontsize=8, color="0.3")
+        ax.text((lo + hi - 1) / 2, 0.97, name, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8, color="0.3")
 
 
 def _bars(ax: Axes, values: np.ndarray, sorted_counts: np.ndarray, ylabel: str, title: str, color: str) -> None:
@@ -119,8 +119,10 @@ def _fmt(v: Any) -> str:
 
 
 def _recall_title(name: str, metrics: Mapping[str, Any]) -> str:
-    return (f"{name}top-1 {_fmt(metrics.get('top1'))}% | many {_fmt(metrics.get('many'))} · "
-            f"medium {_fmt(metrics.get('medium'))} · few {_fmt(metrics.get('few'))}")
+    return (
+        f"{name}top-1 {_fmt(metrics.get('top1'))}% | many {_fmt(metrics.get('many'))} · "
+        f"medium {_fmt(metrics.get('medium'))} · few {_fmt(metrics.get('few'))}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -153,8 +155,9 @@ def plot_run(
 
     fig = _new_figure(RUN_PANEL_SIZE, dpi)
     ax = fig.add_subplot()
-    _bars(ax, counts[order].astype(float), counts[order], "#training images", f"training images per class ({c} classes)",
-          "tab:gray")
+    _bars(
+        ax, counts[order].astype(float), counts[order], "#training images", f"training images per class ({c} classes)", "tab:gray"
+    )
     if counts.max() / max(int(counts[counts > 0].min(initial=1)), 1) >= 20:
         ax.set_yscale("log")  # ImageNet-LT spans 1280..5 images: linear hides the tail
     written.append(_save(fig, out_dir / "train_counts.png"))
@@ -170,7 +173,14 @@ def plot_run(
         norms = _per_class(metrics["weight_norms"], c, 'metrics["weight_norms"]')
         fig = _new_figure(RUN_PANEL_SIZE, dpi)
         ax = fig.add_subplot()
-        _bars(ax, norms[order], counts[order], "weight norm", "classifier weight norm per class (mean over a class's clusters)", "tab:orange")
+        _bars(
+            ax,
+            norms[order],
+            counts[order],
+            "weight norm",
+            "classifier weight norm per class (mean over a class's clusters)",
+            "tab:orange",
+        )
         written.append(_save(fig, out_dir / "weight_norms.png"))
 
     if history:
@@ -214,8 +224,15 @@ def plot_history(history: Sequence[Mapping[str, Any]], out_dir: str | Path, *, d
             drawn = True
     test_top1 = history[-1].get("test_top1")
     if test_top1 is not None:
-        ax_acc.plot([epochs[-1]], [float(test_top1)], marker="*", markersize=12, linestyle="none", color="k",
-                    label=f"test_top1 {float(test_top1):.1f}")
+        ax_acc.plot(
+            [epochs[-1]],
+            [float(test_top1)],
+            marker="*",
+            markersize=12,
+            linestyle="none",
+            color="k",
+            label=f"test_top1 {float(test_top1):.1f}",
+        )
         drawn = True
     if drawn:
         ax_acc.legend(fontsize=7, loc="lower right")
@@ -250,10 +267,12 @@ def plot_comparison(
     counts = _counts(class_counts)
     c = counts.size
     order = _order(counts)
-    recalls = {name: _per_class(m.get("per_class_recall"), c, f'runs["{name}"]["per_class_recall"]')
-               for name, m in runs.items()}
-    norms = {name: _per_class(m["weight_norms"], c, f'runs["{name}"]["weight_norms"]')
-             for name, m in runs.items() if m.get("weight_norms") is not None}
+    recalls = {name: _per_class(m.get("per_class_recall"), c, f'runs["{name}"]["per_class_recall"]') for name, m in runs.items()}
+    norms = {
+        name: _per_class(m["weight_norms"], c, f'runs["{name}"]["weight_norms"]')
+        for name, m in runs.items()
+        if m.get("weight_norms") is not None
+    }
 
     cols = max(2, len(norms))
     rows = 2 if norms else 1
@@ -261,8 +280,7 @@ def plot_comparison(
     top, *bottom = fig.subfigures(rows, 1, squeeze=False)[:, 0]
     ax_counts, ax_recall = top.subplots(1, 2)
 
-    _bars(ax_counts, counts[order].astype(float), counts[order], "#training images", "training images per class",
-          "tab:gray")
+    _bars(ax_counts, counts[order].astype(float), counts[order], "#training images", "training images per class", "tab:gray")
     if counts.max() / max(int(counts[counts > 0].min(initial=1)), 1) >= 20:
         ax_counts.set_yscale("log")
 
@@ -282,7 +300,7 @@ def plot_comparison(
         axes = bottom[0].subplots(1, cols, sharey=True, squeeze=False)[0]
         for ax, (name, nrm) in zip(axes, norms.items()):
             _bars(ax, nrm[order], counts[order], "weight norm", f"{name}: classifier weight norm", "tab:orange")
-        for ax in axes[len(norms):]:
+        for ax in axes[len(norms) :]:
             ax.set_axis_off()  # one run with norms: keep the 2 x 2 layout, leave the slot empty
     return _save(fig, out_path)
 

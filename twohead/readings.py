@@ -25,13 +25,23 @@ Post-hoc corrections (never chosen on test; for searches on validation and the r
 All functions return log-probabilities ``[B, C]`` (rows log-sum-exp to 0), so argmax, confidence and NLL are taken
 the same way for every reading.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["READINGS", "LA_TAUS", "TAU_NORMS", "readings_of", "class_log_probs", "logit_adjusted",
-           "tau_normalised_logits", "posthoc_names", "log_prior"]
+__all__ = [
+    "READINGS",
+    "LA_TAUS",
+    "TAU_NORMS",
+    "readings_of",
+    "class_log_probs",
+    "logit_adjusted",
+    "tau_normalised_logits",
+    "posthoc_names",
+    "log_prior",
+]
 
 READINGS = ("max", "sum", "fuse", "fbh")
 LA_TAUS = (0.5, 1.0, 1.5, 2.0)  # Menon et al. report tau = 1 as the Bayes-optimal choice; the grid brackets it
@@ -62,8 +72,9 @@ def _sum_log_probs(logits: torch.Tensor, cluster_to_class: torch.Tensor, num_cla
     return (per_class.log() + peak).log_softmax(dim=1)
 
 
-def class_log_probs(reading: str, logits: torch.Tensor, cluster_to_class: torch.Tensor, num_classes: int,
-                    fbh: torch.Tensor | None = None) -> torch.Tensor:
+def class_log_probs(
+    reading: str, logits: torch.Tensor, cluster_to_class: torch.Tensor, num_classes: int, fbh: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[B, C]`` class log-probabilities of one reading from the K cluster logits (and the FBH logits)."""
     logits = logits.float()
     if reading == "max":

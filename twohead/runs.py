@@ -5,13 +5,15 @@ A folder ``OUT/NAME/`` holds ``config.yaml`` (the resolved config), ``history.js
 ``metrics.json`` and the plots. A folder holding another run's results is never overwritten; two configs are the
 same run when :func:`twohead.config.result_identity` agrees (output paths, data location and device aside).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,8 +23,7 @@ from .config import TrainConfig, result_identity
 
 log = logging.getLogger("twohead")
 
-__all__ = ["RunExistsError", "Reporter", "LocalReporter", "claim_run_dir", "write_metrics", "load_checkpoint",
-           "CheckpointError"]
+__all__ = ["RunExistsError", "Reporter", "LocalReporter", "claim_run_dir", "write_metrics", "load_checkpoint", "CheckpointError"]
 
 
 class RunExistsError(RuntimeError):
@@ -51,8 +52,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - truncated, corrupt, or not a torch file: one clear line
-        raise CheckpointError(f"{p} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                              "delete it to retrain from scratch, or point at another checkpoint") from None
+        raise CheckpointError(
+            f"{p} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            "delete it to retrain from scratch, or point at another checkpoint"
+        ) from None
     if not isinstance(state, dict) or not {"model", "config", "class_counts"} <= set(state):
         raise CheckpointError(f"{p} is not a twohead checkpoint (no model / config / class_counts)")
     return state

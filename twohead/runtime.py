@@ -1,4 +1,5 @@
 """Where and how a run computes: device, distributed rank, autocast dtype, CUDA-graph choice, per-epoch seeding."""
+
 from __future__ import annotations
 
 import logging

@@ -3,9 +3,11 @@
 Both yield ``(images, labels, cluster ids)``; Ray Data streaming (``rayjobs.stream``) is a third implementation of
 the same :class:`BatchSource` protocol.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,8 +36,16 @@ class DeviceSource:
 
     augmented = False
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, clusters: np.ndarray, device: torch.device,
-                 batch_size: int, seed: int, drop_last: bool):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        clusters: np.ndarray,
+        device: torch.device,
+        batch_size: int,
+        seed: int,
+        drop_last: bool,
+    ):
         rank, world = rank_world()
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(labels.astype(np.int64)).to(device)
@@ -70,11 +80,19 @@ class LoaderSource:
         rank, world = rank_world()
         ds = FileDataset(split, train=True, image_size=image_size, skip_corrupt=cfg.data.skip_corrupt)
         self.clusters = torch.from_numpy(clusters.astype(np.int64))
-        self.sampler = (torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=cfg.optim.seed, drop_last=True)
-                        if world > 1 else None)
+        self.sampler = (
+            torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=cfg.optim.seed, drop_last=True)
+            if world > 1
+            else None
+        )
         self.loader = torch.utils.data.DataLoader(
-            ds, batch_size=max(1, cfg.optim.batch_size // world), shuffle=self.sampler is None, sampler=self.sampler,
-            num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(), drop_last=True,
+            ds,
+            batch_size=max(1, cfg.optim.batch_size // world),
+            shuffle=self.sampler is None,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=True,
             persistent_workers=cfg.data.num_workers > 0,
             collate_fn=collate_skip_corrupt if cfg.data.skip_corrupt else None,
         )

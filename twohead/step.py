@@ -6,6 +6,7 @@ at once. Shapes are static and the class-weight buffer changes in place (:mod:`t
 one capture serves every step; the learning rate is a Python float baked into the captured update, so the graph is
 re-captured when it changes (at most once per epoch, a few ms).
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,7 +87,12 @@ class Step:
             # updates so the captured run is the same as an eager one.
             saved_model = {n: t.detach().clone() for n, t in self.model.state_dict().items()}
             saved_opt = self.opt.state_dict()
-            saved_opt = {"state": {i: {k2: v.clone() if torch.is_tensor(v) else v for k2, v in s.items()} for i, s in saved_opt["state"].items()}, "param_groups": saved_opt["param_groups"]}
+            saved_opt = {
+                "state": {
+                    i: {k2: v.clone() if torch.is_tensor(v) else v for k2, v in s.items()} for i, s in saved_opt["state"].items()
+                },
+                "param_groups": saved_opt["param_groups"],
+            }
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):

@@ -34,6 +34,7 @@ Resume. Finished runs are never relaunched; an unfinished one resumes from its l
 ``<method>-imb<beta>-s<seed>``; any ``--epochs`` or ``--set`` that changes results adds a suffix (``-e<E>``,
 ``-<hash>``), so a shortened or modified run never mixes with the paper-recipe runs.
 """
+
 from __future__ import annotations
 
 from .cli import main
@@ -43,7 +44,23 @@ from .results import StaleResultError, finished_result, git_commit, run_dir, sli
 from .run import LocalExecutor, RayExecutor, Runner, RunStatus
 
 __all__ = [
-    "TableSpec", "TABLES", "METHOD_LABELS", "RunSpec", "RunStatus", "plan_runs", "finished_result", "slim_result",
-    "slim_path", "run_dir", "StaleResultError", "git_commit", "Runner", "LocalExecutor", "RayExecutor",
-    "render_table", "write_report", "fig3", "main",
+    "TableSpec",
+    "TABLES",
+    "METHOD_LABELS",
+    "RunSpec",
+    "RunStatus",
+    "plan_runs",
+    "finished_result",
+    "slim_result",
+    "slim_path",
+    "run_dir",
+    "StaleResultError",
+    "git_commit",
+    "Runner",
+    "LocalExecutor",
+    "RayExecutor",
+    "render_table",
+    "write_report",
+    "fig3",
+    "main",
 ]

@@ -1,4 +1,5 @@
 """``python -m rayjobs.reproduce``: plan, run and render the paper's tables (see the package docstring)."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,9 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twohead.config import ConfigError
 
@@ -56,29 +58,43 @@ def _pack(dest: str, imbalances: list[float]) -> int:
         return 2
     for name, size in info["files"].items():
         print(f"{Path(info['dest']) / name}  {size / 2**20:.2f} MiB")
-    print(f"{info['train_images']} train images kept for imbalances {', '.join(f'{b:g}' for b in imbalances)} "
-          f"(LT subsets verified against the source); on the offline machine: TWOHEAD_DATA={dest} python -m rayjobs.reproduce ...")
+    print(
+        f"{info['train_images']} train images kept for imbalances {', '.join(f'{b:g}' for b in imbalances)} "
+        f"(LT subsets verified against the source); on the offline machine: TWOHEAD_DATA={dest} python -m rayjobs.reproduce ..."
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rayjobs.reproduce", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m rayjobs.reproduce", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--table", action="append", default=[], choices=list(TABLES), help="table to reproduce (repeatable)")
     p.add_argument("--methods", help="comma-separated method.name rows (default: the table's rows)")
     p.add_argument("--imbalances", help="comma-separated imbalance ratios (default 100,50,10)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds or ranges (default 0,1,2)")
     p.add_argument("--epochs", type=int, help="train this many epochs (schedule scaled; names the runs -e<E>)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override for every run (repeatable)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config override for every run (repeatable)"
+    )
     p.add_argument("--out", default="results", help="per-run JSONs, tables and Fig. 3 (default results/)")
-    p.add_argument("--work", default="runs/reproduce", help="full run folders, logs and resolved configs (default runs/reproduce)")
+    p.add_argument(
+        "--work", default="runs/reproduce", help="full run folders, logs and resolved configs (default runs/reproduce)"
+    )
     p.add_argument("--concurrent", type=int, default=0, help="runs at once (default 4 with a GPU, else 1)")
-    p.add_argument("--time-budget", type=float, help="seconds: launch no run that would end past this (estimated from finished runs)")
+    p.add_argument(
+        "--time-budget", type=float, help="seconds: launch no run that would end past this (estimated from finished runs)"
+    )
     p.add_argument("--archive", help="re-pack --out into this .tar.gz after every finished run")
     p.add_argument("--commit", default="", help="commit to record (default $TWOHEAD_COMMIT or git rev-parse HEAD)")
     p.add_argument("--dry-run", action="store_true", help="print the plan in launch order and exit")
     p.add_argument("--report-only", action="store_true", help="launch nothing: collect finished runs and write the tables")
-    p.add_argument("--pack", metavar="DIR", help="write the CIFAR-10 images these runs read (--imbalances) into DIR/cifar10/ "
-                   "for a machine without network access (TWOHEAD_DATA=DIR there), verify them, and exit")
+    p.add_argument(
+        "--pack",
+        metavar="DIR",
+        help="write the CIFAR-10 images these runs read (--imbalances) into DIR/cifar10/ "
+        "for a machine without network access (TWOHEAD_DATA=DIR there), verify them, and exit",
+    )
     p.add_argument("--ray", action="store_true", help="run each run as a Ray task with 1/concurrent GPU (needs Ray)")
     p.add_argument("--ray-address", default="", help="Ray cluster address (default $RAY_ADDRESS or a local cluster)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -106,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     commit = args.commit or git_commit()
 
     def update(runner: Runner) -> None:
-        write_report(tables, specs, runner.status, out=out, work=work,
-                     archive=Path(args.archive) if args.archive else None)
+        write_report(tables, specs, runner.status, out=out, work=work, archive=Path(args.archive) if args.archive else None)
         n = sum(st.state == "done" for st in runner.status.values())
         print(f"[{time.monotonic() - runner.t0:6.0f} s] {n}/{len(specs)} runs finished", flush=True)
 
@@ -120,8 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             gpu = False
         executor = RayExecutor(concurrent, gpu, args.ray_address or None)
-    runner = Runner(specs, out=out, work=work, concurrent=concurrent, time_budget=args.time_budget,
-                    executor=executor, commit=commit, on_update=update)
+    runner = Runner(
+        specs,
+        out=out,
+        work=work,
+        concurrent=concurrent,
+        time_budget=args.time_budget,
+        executor=executor,
+        commit=commit,
+        on_update=update,
+    )
     runner.refresh()
     if args.dry_run:
         print(f"# {len(specs)} runs, {concurrent} at a time; work {work}, results {out}")
@@ -130,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i:3d}. {sp.name:<32} {st.state:<8} {st.reason}")
         return 0
     if args.report_only:
-        written = write_report(tables, specs, runner.status, out=out, work=work,
-                               archive=Path(args.archive) if args.archive else None)
+        written = write_report(
+            tables, specs, runner.status, out=out, work=work, archive=Path(args.archive) if args.archive else None
+        )
         print("\n".join(map(str, written)))
         return 0
 
@@ -148,12 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
-        written = write_report(tables, specs, runner.status, out=out, work=work,
-                               archive=Path(args.archive) if args.archive else None)
+        written = write_report(
+            tables, specs, runner.status, out=out, work=work, archive=Path(args.archive) if args.archive else None
+        )
     states = [st.state for st in runner.status.values()]
-    print(f"finished {states.count('done')}/{len(states)}; failed {states.count('failed')}; "
-          f"not run {states.count('skipped')}; cut {states.count('interrupted')}; "
-          f"{time.monotonic() - runner.t0:.0f} s")
+    print(
+        f"finished {states.count('done')}/{len(states)}; failed {states.count('failed')}; "
+        f"not run {states.count('skipped')}; cut {states.count('interrupted')}; "
+        f"{time.monotonic() - runner.t0:.0f} s"
+    )
     for st in runner.status.values():
         if st.state == "failed":
             print(f"FAILED {st.spec.name}: {st.reason}")

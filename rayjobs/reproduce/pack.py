@@ -19,13 +19,14 @@ smallest imbalance (10) plus the reserve: about 20,600 images, ~36 MB, plus the 
 After writing, the plans built from the packed folder are checked against the source folder (same train and
 validation ids for every requested imbalance, every selected row has its image).
 """
+
 from __future__ import annotations
 
 import io
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -97,15 +98,17 @@ def pack_data(
     kept = pc.if_else(pa.chunked_array([pa.array(mask)]), col, pa.scalar(None, type=col.type))
     i = table.schema.get_field_index("image")
     md = dict(table.schema.metadata or {})
-    md[PACK_KEY] = json.dumps({
-        "source": str((src_dir / "train.parquet").resolve()),
-        "imbalances": [float(b) for b in imbalances],
-        "val_per_class": [int(v) for v in val_per_class],
-        "lt_seed": int(lt_seed),
-        "rows": int(table.num_rows),
-        "rows_with_image": int(mask.sum()),
-        "note": "image is null outside the LDAM-DRW LT subsets + validation reserves listed here",
-    }).encode()
+    md[PACK_KEY] = json.dumps(
+        {
+            "source": str((src_dir / "train.parquet").resolve()),
+            "imbalances": [float(b) for b in imbalances],
+            "val_per_class": [int(v) for v in val_per_class],
+            "lt_seed": int(lt_seed),
+            "rows": int(table.num_rows),
+            "rows_with_image": int(mask.sum()),
+            "note": "image is null outside the LDAM-DRW LT subsets + validation reserves listed here",
+        }
+    ).encode()
     slim = table.set_column(i, table.schema.field(i), kept).replace_schema_metadata(md)
 
     atomic.write_bytes(out_dir / "train.parquet", _parquet_bytes(slim))
@@ -113,11 +116,19 @@ def pack_data(
         shutil.copyfile(src_dir / "test.parquet", tmp)
     verify_pack(dest, src_root, imbalances, val_per_class, lt_seed)
     files = {f"cifar10/{n}": (out_dir / n).stat().st_size for n in ("train.parquet", "test.parquet")}
-    return {"dest": str(dest), "files": files, "total_bytes": sum(files.values()), "train_images": int(mask.sum()),
-            "imbalances": list(imbalances), "val_per_class": list(val_per_class)}
+    return {
+        "dest": str(dest),
+        "files": files,
+        "total_bytes": sum(files.values()),
+        "train_images": int(mask.sum()),
+        "imbalances": list(imbalances),
+        "val_per_class": list(val_per_class),
+    }
 
 
-def verify_pack(dest: str | Path, source: str | Path, imbalances: Sequence[float], val_per_class: Sequence[int], lt_seed: int = 0) -> None:
+def verify_pack(
+    dest: str | Path, source: str | Path, imbalances: Sequence[float], val_per_class: Sequence[int], lt_seed: int = 0
+) -> None:
     """Raise :class:`PackError` unless, for every requested (imbalance, val_per_class), the LT train and validation
     ids (and labels) planned from ``dest`` equal those planned from ``source``, and every selected row of the
     carried file has its image bytes. Reads labels and the image column's null mask only; decodes nothing."""
@@ -130,14 +141,20 @@ def verify_pack(dest: str | Path, source: str | Path, imbalances: Sequence[float
     has_image = ~img.is_null().to_numpy(zero_copy_only=False)
     for b in imbalances:
         for v in val_per_class:
-            plans = [plan_data(DataConfig(dataset="cifar10-lt", root=str(r), imbalance=float(b), val_per_class=int(v), lt_seed=lt_seed))
-                     for r in (source, dest)]
+            plans = [
+                plan_data(
+                    DataConfig(dataset="cifar10-lt", root=str(r), imbalance=float(b), val_per_class=int(v), lt_seed=lt_seed)
+                )
+                for r in (source, dest)
+            ]
             for split in ("train", "val", "test"):
                 a, c = getattr(plans[0], split), getattr(plans[1], split)
                 if a is None and c is None:
                     continue
                 if a is None or c is None or not (np.array_equal(a.ids, c.ids) and np.array_equal(a.labels, c.labels)):
-                    raise PackError(f"imbalance {b:g}, val_per_class {v}: the {split} split planned from {dest} differs from {source}")
+                    raise PackError(
+                        f"imbalance {b:g}, val_per_class {v}: the {split} split planned from {dest} differs from {source}"
+                    )
             for split in ("train", "val"):
                 sp = getattr(plans[1], split)
                 if sp is not None and not has_image[sp.rows].all():

@@ -1,11 +1,13 @@
 """What to reproduce: the tables, their rows, and the (method, imbalance, seed) runs in launch order."""
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from twohead.config import METHODS, RESULT_NEUTRAL, ConfigError, TrainConfig, load_config
 
@@ -60,9 +62,17 @@ TABLES: dict[str, TableSpec] = {
 }
 
 METHOD_LABELS = {
-    "ce": "CE", "focal": "Focal", "cb": "CB", "cb_focal": "CB+Focal", "ldam": "LDAM", "ldam_drw": "LDAM-DRW",
-    "mixup": "Mixup", "twohead": "Ours (two-head)", "twohead_full": "Ours-Full (two-head + mixup + re-weighting)",
-    "fbh_only": "FBH only", "cdh_only": "CDH only",
+    "ce": "CE",
+    "focal": "Focal",
+    "cb": "CB",
+    "cb_focal": "CB+Focal",
+    "ldam": "LDAM",
+    "ldam_drw": "LDAM-DRW",
+    "mixup": "Mixup",
+    "twohead": "Ours (two-head)",
+    "twohead_full": "Ours-Full (two-head + mixup + re-weighting)",
+    "fbh_only": "FBH only",
+    "cdh_only": "CDH only",
 }
 
 
@@ -90,8 +100,15 @@ class RunSpec:
         ov: dict[str, Any] = dict(self.overrides)
         # run.test_curve: the best-over-epochs column (the baselines' protocol) needs test top-1 per late epoch.
         ov = {"run.test_curve": True, **ov}
-        ov.update({"method.name": self.method, "data.imbalance": self.imbalance, "optim.seed": self.seed,
-                   "run.out": str(Path(work).resolve() / self.dataset), "run.name": self.name})
+        ov.update(
+            {
+                "method.name": self.method,
+                "data.imbalance": self.imbalance,
+                "optim.seed": self.seed,
+                "run.out": str(Path(work).resolve() / self.dataset),
+                "run.name": self.name,
+            }
+        )
         return load_config(preset=self.preset, overrides=ov)
 
 
@@ -185,8 +202,17 @@ def plan_runs(
             for mi, m in enumerate(rows):
                 tier = 2 * (ii > 0) + (m not in t.core)
                 for s in seeds:
-                    spec = RunSpec(t.dataset, t.preset, m, b, int(s), tag, tuple(sorted(ov.items())),
-                                   (ti, tier, int(s), ii, mi), tuple(sorted(user.items())))
+                    spec = RunSpec(
+                        t.dataset,
+                        t.preset,
+                        m,
+                        b,
+                        int(s),
+                        tag,
+                        tuple(sorted(ov.items())),
+                        (ti, tier, int(s), ii, mi),
+                        tuple(sorted(user.items())),
+                    )
                     if spec.name not in out:
                         spec.config(Path(work))  # validate now
                         out[spec.name] = spec

@@ -4,19 +4,20 @@ Every cell is the mean +- sample std over seeds of the **final-epoch** test top-
 number and the difference; Table 1 adds the best-over-epochs test top-1 in its own column, labelled as the
 baselines' protocol. The notes name every hyperparameter the paper does not state, with its value and source.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import statistics
 import tarfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
-
-from twohead import atomic
-from twohead.config import METHODS
+from typing import Any
 
 from rayjobs import paper
+from twohead import atomic
+from twohead.config import METHODS
 
 from .plan import METHOD_LABELS, TABLES, RunSpec, TableSpec, changes_results
 from .run import RunStatus
@@ -49,11 +50,18 @@ def _missing(states: Sequence[RunStatus]) -> str:
     if not states:
         return "—"
     kinds = sorted({st.state for st in states if st.state != "done"})
-    return "—" if not kinds else {"failed": "failed", "skipped": "not run", "pending": "not run",
-                                   "interrupted": "cut", "running": "running"}.get(kinds[0], kinds[0])
+    return (
+        "—"
+        if not kinds
+        else {"failed": "failed", "skipped": "not run", "pending": "not run", "interrupted": "cut", "running": "running"}.get(
+            kinds[0], kinds[0]
+        )
+    )
 
 
-def _group(status: Mapping[str, RunStatus], table: TableSpec, specs: Sequence[RunSpec]) -> dict[tuple[str, float], list[RunStatus]]:
+def _group(
+    status: Mapping[str, RunStatus], table: TableSpec, specs: Sequence[RunSpec]
+) -> dict[tuple[str, float], list[RunStatus]]:
     cells: dict[tuple[str, float], list[RunStatus]] = {}
     for sp in specs:
         st = status.get(sp.name)
@@ -82,16 +90,24 @@ def _notes(table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str, RunS
     done = [st for st in status.values() if st.state == "done" and st.result]
     lines = []
     epochs = sorted({c.optim.epochs for c in cfgs.values()})
-    rec = "the paper's recipe" if epochs == [200] else f"**NOT the paper's recipe: {', '.join(map(str, epochs))} epochs** (paper: 200), schedule scaled proportionally"
+    rec = (
+        "the paper's recipe"
+        if epochs == [200]
+        else f"**NOT the paper's recipe: {', '.join(map(str, epochs))} epochs** (paper: 200), schedule scaled proportionally"
+    )
     o, me = cfgs[methods[0]].optim, cfgs[methods[0]].method
-    lines.append(f"- Training: {rec}; {cfgs[methods[0]].model.backbone}, SGD momentum {o.momentum:g}, batch {o.batch_size}, "
-                 f"lr {o.lr:g} multiplied by {o.lr_gamma:g} at each of epochs "
-                 f"{', '.join(map(str, o.milestones)) or '(none)'} (0-based; BBN's LR_FACTOR, paper Sec. 3.1); "
-                 f"u={me.u}, lambda={me.lam:g}, alpha={me.alpha:g}, {me.clustering} cluster splitting with a new split per "
-                 "seed (cluster seed = run seed).")
+    lines.append(
+        f"- Training: {rec}; {cfgs[methods[0]].model.backbone}, SGD momentum {o.momentum:g}, batch {o.batch_size}, "
+        f"lr {o.lr:g} multiplied by {o.lr_gamma:g} at each of epochs "
+        f"{', '.join(map(str, o.milestones)) or '(none)'} (0-based; BBN's LR_FACTOR, paper Sec. 3.1); "
+        f"u={me.u}, lambda={me.lam:g}, alpha={me.alpha:g}, {me.clustering} cluster splitting with a new split per "
+        "seed (cluster seed = run seed)."
+    )
     user = {k: v for sp in specs for k, v in sp.sets if changes_results(k)}
     if user:
-        lines.append("- Overrides of the recipe (`--set`): " + ", ".join(f"`{k}={_fmt_value(v)}`" for k, v in sorted(user.items())))
+        lines.append(
+            "- Overrides of the recipe (`--set`): " + ", ".join(f"`{k}={_fmt_value(v)}`" for k, v in sorted(user.items()))
+        )
     lines.append("- Not in the paper (value used, and its source):")
     for key, (only, source) in paper.NOT_IN_PAPER.items():
         users = [m for m in methods if only is None or m in only]
@@ -108,8 +124,10 @@ def _notes(table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str, RunS
         walls = [float(st.result.get("wall_s") or 0) for st in done]
         conc = sorted({int(st.result.get("concurrent") or 1) for st in done})
         lines.append(f"- Card: {', '.join(cards)}; torch {', '.join(torches)}; commit {', '.join(commits)}.")
-        lines.append(f"- Wall time per run (training loop, {'/'.join(map(str, conc))} run(s) sharing the device): "
-                     f"median {statistics.median(walls):.0f} s, total {sum(walls):.0f} s over {len(walls)} runs.")
+        lines.append(
+            f"- Wall time per run (training loop, {'/'.join(map(str, conc))} run(s) sharing the device): "
+            f"median {statistics.median(walls):.0f} s, total {sum(walls):.0f} s over {len(walls)} runs."
+        )
     states = [status[sp.name] for sp in specs if sp.name in status]
     n_done = sum(st.state == "done" for st in states)
     lines.append(f"- Runs: {n_done} of {len(states)} finished.")
@@ -117,7 +135,11 @@ def _notes(table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str, RunS
         group = [st for st in states if st.state == kind]
         if group:
             reasons = sorted({st.reason for st in group})
-            lines.append(f"- {label}: " + ", ".join(st.spec.name for st in group) + (f" ({'; '.join(reasons)})" if reasons and reasons != [""] else ""))
+            lines.append(
+                f"- {label}: "
+                + ", ".join(st.spec.name for st in group)
+                + (f" ({'; '.join(reasons)})" if reasons and reasons != [""] else "")
+            )
     return lines
 
 
@@ -129,8 +151,11 @@ def _md(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[st
 
 def _best_epochs(states: Sequence[RunStatus]) -> list[float]:
     """Best-over-epochs test top-1 of the finished runs that tracked it (``run.test_curve``)."""
-    return [float(st.result["test_best_over_epochs"]["top1"]) for st in states
-            if st.state == "done" and st.result and st.result.get("test_best_over_epochs")]
+    return [
+        float(st.result["test_best_over_epochs"]["top1"])
+        for st in states
+        if st.state == "done" and st.result and st.result.get("test_best_over_epochs")
+    ]
 
 
 def _mean_of(results: Sequence[Mapping[str, Any]], get: Callable[[Mapping[str, Any]], Any]) -> str:
@@ -142,12 +167,15 @@ def _mean_of(results: Sequence[Mapping[str, Any]], get: Callable[[Mapping[str, A
     return f"{statistics.fmean(vals):.2f}" if vals else "—"
 
 
-def render_table(table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str, RunStatus], *, work: Path,
-                 fig: str | None = None) -> str:
+def render_table(
+    table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str, RunStatus], *, work: Path, fig: str | None = None
+) -> str:
     """The Markdown of one table from the runs' statuses (results of finished runs)."""
     specs = [sp for sp in specs if sp.dataset == table.dataset and sp.method in _rows(table, specs)]
     cells = _group(status, table, specs)
-    imbs = sorted({sp.imbalance for sp in specs}, key=lambda b: (paper.IMBALANCES + (b,)).index(b) if b in paper.IMBALANCES else 99)
+    imbs = sorted(
+        {sp.imbalance for sp in specs}, key=lambda b: (paper.IMBALANCES + (b,)).index(b) if b in paper.IMBALANCES else 99
+    )
     rows = _rows(table, specs)
     tag = next((sp.tag for sp in specs if sp.tag), "")
     head = [f"# {table.title}{f' (runs tagged {tag})' if tag else ''}", ""]
@@ -210,26 +238,49 @@ def render_table(table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str
         done = [st.result for st in cells.get((m, b0), []) if st.state == "done" and st.result]
         if not done:
             continue
-        groups.append([METHOD_LABELS.get(m, m), *(_mean_of(done, lambda r, k=k: r.get(k)) for k in
-                                                  ("many", "medium", "few", "worst_class")), str(len(done))])
-        readings.append([METHOD_LABELS.get(m, m), *(_mean_of(done, lambda r, k=k: (r.get("by_inference") or {}).get(k))
-                                                    for k in READING_COLUMNS),
-                         *(_mean_of(done, lambda r, k=k: (r.get("posthoc") or {}).get(k)) for k in POSTHOC_COLUMNS)])
+        groups.append(
+            [
+                METHOD_LABELS.get(m, m),
+                *(_mean_of(done, lambda r, k=k: r.get(k)) for k in ("many", "medium", "few", "worst_class")),
+                str(len(done)),
+            ]
+        )
+        readings.append(
+            [
+                METHOD_LABELS.get(m, m),
+                *(_mean_of(done, lambda r, k=k: (r.get("by_inference") or {}).get(k)) for k in READING_COLUMNS),
+                *(_mean_of(done, lambda r, k=k: (r.get("posthoc") or {}).get(k)) for k in POSTHOC_COLUMNS),
+            ]
+        )
     if groups:
-        out += ["", f"Recall by class group at β={b0:g} (many > 100, medium 20–100, few < 20 training images; "
-                    "— where a group has no class; worst: the lowest per-class recall), mean over seeds:", "",
-                *_md(["Method", "many", "medium", "few", "worst", "seeds"], groups, ["left"] + ["right"] * 5)]
-        out += ["", f"Every test-time reading at β={b0:g}, mean over seeds (the final-epoch column above is the "
-                    "method's default reading, `max` for the two-head rows: the class of the best cluster, the paper's "
-                    "Sec. 2.2; `sum` adds a class's cluster probabilities; `fuse` averages `sum` with the FBH; `fbh` is "
-                    "the feature-balancing head alone). Post-hoc columns, for reference only: logit adjustment "
-                    "(Menon et al. 2021, τ = 1) and τ-normalisation (Kang et al. 2020, τ = 1) on the default reading; "
-                    "a search chooses τ on validation, never on test.", "",
-                *_md(["Method", *READING_COLUMNS, *POSTHOC_COLUMNS], readings,
-                     ["left"] + ["right"] * (len(READING_COLUMNS) + len(POSTHOC_COLUMNS)))]
+        out += [
+            "",
+            f"Recall by class group at β={b0:g} (many > 100, medium 20–100, few < 20 training images; "
+            "— where a group has no class; worst: the lowest per-class recall), mean over seeds:",
+            "",
+            *_md(["Method", "many", "medium", "few", "worst", "seeds"], groups, ["left"] + ["right"] * 5),
+        ]
+        out += [
+            "",
+            f"Every test-time reading at β={b0:g}, mean over seeds (the final-epoch column above is the "
+            "method's default reading, `max` for the two-head rows: the class of the best cluster, the paper's "
+            "Sec. 2.2; `sum` adds a class's cluster probabilities; `fuse` averages `sum` with the FBH; `fbh` is "
+            "the feature-balancing head alone). Post-hoc columns, for reference only: logit adjustment "
+            "(Menon et al. 2021, τ = 1) and τ-normalisation (Kang et al. 2020, τ = 1) on the default reading; "
+            "a search chooses τ on validation, never on test.",
+            "",
+            *_md(
+                ["Method", *READING_COLUMNS, *POSTHOC_COLUMNS],
+                readings,
+                ["left"] + ["right"] * (len(READING_COLUMNS) + len(POSTHOC_COLUMNS)),
+            ),
+        ]
     if fig:
-        out += ["", f"Fig. 3 (CE vs two-head at β={b0:g}: per-class recall and classifier weight norms, the mean "
-                    f"cluster norm per class for the two-head model, means over seeds): [{fig}]({fig})"]
+        out += [
+            "",
+            f"Fig. 3 (CE vs two-head at β={b0:g}: per-class recall and classifier weight norms, the mean "
+            f"cluster norm per class for the two-head model, means over seeds): [{fig}]({fig})",
+        ]
     notes = _notes(table, specs, status, work)
     return "\n".join(head + out + ["", "Notes:", "", *notes, ""])
 
@@ -252,16 +303,24 @@ def fig3(status: Mapping[str, RunStatus], dataset: str, imbalance: float, out_pa
     runs: dict[str, dict] = {}
     counts = None
     for m, label in (("ce", "CE"), ("twohead", "two-head (ours)")):
-        res = [st.result for st in status.values() if st.state == "done" and st.result and st.spec.method == m
-               and st.spec.dataset == dataset and st.spec.imbalance == imbalance]
+        res = [
+            st.result
+            for st in status.values()
+            if st.state == "done"
+            and st.result
+            and st.spec.method == m
+            and st.spec.dataset == dataset
+            and st.spec.imbalance == imbalance
+        ]
         if not res:
             return None
         counts = res[0]["class_counts"]
         runs[label] = {
             "top1": statistics.fmean(float(r["top1"]) for r in res),
             "per_class_recall": np.mean([r["per_class_recall"] for r in res], axis=0).tolist(),
-            "weight_norms": (np.mean([r["weight_norms"] for r in res], axis=0).tolist()
-                             if all(r.get("weight_norms") for r in res) else None),
+            "weight_norms": (
+                np.mean([r["weight_norms"] for r in res], axis=0).tolist() if all(r.get("weight_norms") for r in res) else None
+            ),
         }
     try:
         from twohead.plots import plot_comparison
@@ -272,8 +331,15 @@ def fig3(status: Mapping[str, RunStatus], dataset: str, imbalance: float, out_pa
         return None
 
 
-def write_report(tables: Sequence[str], specs: Sequence[RunSpec], status: Mapping[str, RunStatus], *, out: Path,
-                 work: Path, archive: Path | None = None) -> list[Path]:
+def write_report(
+    tables: Sequence[str],
+    specs: Sequence[RunSpec],
+    status: Mapping[str, RunStatus],
+    *,
+    out: Path,
+    work: Path,
+    archive: Path | None = None,
+) -> list[Path]:
     """Write ``<out>/<table>[-tag].md`` for every table and Fig. 3 when its runs exist; re-pack ``archive``."""
     out = Path(out)
     written = []

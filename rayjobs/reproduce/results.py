@@ -4,14 +4,16 @@ A run is finished when ``<out>/<dataset>/<run>.json`` exists with the same confi
 ``<work>/<dataset>/<run>/metrics.json`` does (its JSON is then derived and saved). A result file of the same run
 name with another config (the recipe changed since) is never overwritten: :class:`StaleResultError`.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from twohead import atomic
 from twohead.config import TrainConfig, result_identity
@@ -50,10 +52,35 @@ def slim_result(metrics: Mapping[str, Any], cfg: TrainConfig, extra: Mapping[str
     cfg_d = cfg.to_dict()
     cfg_d.pop("run", None)
     cfg_d["data"].pop("root", None)
-    keys = ("run", "dataset", "method", "imbalance", "seed", "cluster_seed", "epochs", "top1", "many", "medium", "few",
-            "worst_class", "ece", "by_inference", "by_inference_groups", "posthoc", "test_best_over_epochs",
-            "per_class_recall", "class_counts", "weight_norms", "cluster_weight_norms", "num_clusters", "val", "wall_s",
-            "train_img_per_s", "device", "torch")
+    keys = (
+        "run",
+        "dataset",
+        "method",
+        "imbalance",
+        "seed",
+        "cluster_seed",
+        "epochs",
+        "top1",
+        "many",
+        "medium",
+        "few",
+        "worst_class",
+        "ece",
+        "by_inference",
+        "by_inference_groups",
+        "posthoc",
+        "test_best_over_epochs",
+        "per_class_recall",
+        "class_counts",
+        "weight_norms",
+        "cluster_weight_norms",
+        "num_clusters",
+        "val",
+        "wall_s",
+        "train_img_per_s",
+        "device",
+        "torch",
+    )
     out = {k: metrics.get(k) for k in keys}
     out["card"] = _card(metrics)
     out.update(dict(extra or {}))

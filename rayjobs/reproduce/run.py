@@ -3,6 +3,7 @@
 optional time budget. A failing run is reported with the most telling line of its log and never stops the others;
 with ``--ray`` the same commands run as Ray tasks holding 1/N of a GPU each.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import twohead
 from twohead import atomic
@@ -45,8 +47,7 @@ class LocalExecutor:
 
     def start(self, cmd: list[str], env: dict[str, str], log_path: Path):
         f = open(log_path, "ab")
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         f.close()
         return proc
 
@@ -66,8 +67,9 @@ class LocalExecutor:
 def _ray_run(cmd: list[str], env: dict[str, str], log_path: str, cwd: str) -> int:
     """Body of the Ray task: the same command as the local executor, on whichever node Ray picked."""
     with open(log_path, "ab") as f:
-        return subprocess.run([sys.executable, *cmd[1:]], env={**os.environ, **env}, stdout=f,
-                              stderr=subprocess.STDOUT, cwd=cwd).returncode
+        return subprocess.run(
+            [sys.executable, *cmd[1:]], env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT, cwd=cwd
+        ).returncode
 
 
 class RayExecutor:
@@ -122,10 +124,20 @@ def _last_error(log_path: Path) -> str:
 class Runner:
     """Launches pending runs up to ``concurrent`` at a time, in plan order, within an optional time budget."""
 
-    def __init__(self, specs: Sequence[RunSpec], *, out: Path, work: Path, concurrent: int = 1,
-                 time_budget: float | None = None, executor=None, commit: str = "unknown",
-                 on_update: Callable[["Runner"], None] | None = None, poll_s: float = 1.0,
-                 threads_per_run: int | None = None):
+    def __init__(
+        self,
+        specs: Sequence[RunSpec],
+        *,
+        out: Path,
+        work: Path,
+        concurrent: int = 1,
+        time_budget: float | None = None,
+        executor=None,
+        commit: str = "unknown",
+        on_update: Callable[[Runner], None] | None = None,
+        poll_s: float = 1.0,
+        threads_per_run: int | None = None,
+    ):
         self.specs = list(specs)
         self.out, self.work = Path(out), Path(work)
         self.concurrent = max(1, int(concurrent))
@@ -167,10 +179,16 @@ class Runner:
         logs.mkdir(parents=True, exist_ok=True)
         yaml_path = plans / f"{spec.name}.yaml"
         atomic.write_text(yaml_path, cfg.to_yaml())
-        atomic.write_text(plans / f"{spec.name}.launch.json", json.dumps({
-            "commit": self.commit, "concurrent": self.concurrent,
-            "launched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }))
+        atomic.write_text(
+            plans / f"{spec.name}.launch.json",
+            json.dumps(
+                {
+                    "commit": self.commit,
+                    "concurrent": self.concurrent,
+                    "launched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            ),
+        )
         env = {
             "PYTHONPATH": os.pathsep.join([PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             "TQDM_DISABLE": "1",
@@ -207,10 +225,14 @@ class Runner:
                 while pending and len(running) < self.concurrent:
                     elapsed = time.monotonic() - self.t0
                     est = self.estimate()
-                    if self.time_budget is not None and (elapsed >= self.time_budget or (est is not None and elapsed + est > self.time_budget)):
+                    if self.time_budget is not None and (
+                        elapsed >= self.time_budget or (est is not None and elapsed + est > self.time_budget)
+                    ):
                         for st in pending:
                             st.state = "skipped"
-                            st.reason = f"time budget {self.time_budget:.0f} s (elapsed {elapsed:.0f} s, a run takes ~{est or 0:.0f} s)"
+                            st.reason = (
+                                f"time budget {self.time_budget:.0f} s (elapsed {elapsed:.0f} s, a run takes ~{est or 0:.0f} s)"
+                            )
                         pending.clear()
                         break
                     st = pending.pop(0)
@@ -230,7 +252,7 @@ class Runner:
                 if running:
                     time.sleep(self.poll_s)
         finally:
-            for name, (st, handle, _log) in running.items():
+            for st, handle, _log in running.values():
                 self.executor.stop(handle)
                 st.state, st.reason = "interrupted", "stopped before it finished (its checkpoint resumes it)"
         return self.status

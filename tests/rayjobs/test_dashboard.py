@@ -4,6 +4,7 @@ The study is made the way the driver makes it (rayjobs.report.open_study on the 
 with trials drawn by the preset's define-by-run space through Optuna's ask/tell; the test then starts the exact
 command of ``dashboard_command`` (plus host/port) from this venv and reads the study back over HTTP.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ import optuna
 import pytest
 
 from rayjobs.report import dashboard_command, default_storage_url, open_study
-from twohead.search_space import load_search_space
+from rayjobs.search_space import load_search_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -65,8 +66,12 @@ def test_dashboard_lists_the_search_study(smoke_study, tmp_path):
     exe = Path(sys.executable).parent / argv[0]  # the venv's console script
     port = _free_port()
     log = open(tmp_path / "dashboard.log", "w")
-    proc = subprocess.Popen([str(exe), *argv[1:], "--host", "127.0.0.1", "--port", str(port), "--quiet"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), *argv[1:], "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         studies = _get_json(f"http://127.0.0.1:{port}/api/studies", proc=proc)["study_summaries"]
         (entry,) = [s for s in studies if s["study_name"] == spec.study_name]

@@ -1,5 +1,6 @@
 """``ray job submit`` end to end: the README's prepare and train jobs on the session's real head (dashboard +
 Jobs API), with the repository shipped as the job's working_dir and the (moto) S3 server as storage."""
+
 from __future__ import annotations
 
 import time
@@ -71,12 +72,18 @@ def test_prepare_then_train_jobs(ray_head, s3_server, data_root):
     storage.verify_dataset(data_url)
 
     # A cluster that can never hold the workers: the job fails fast with the reason, before training.
-    too_big = submit(client, f"python -m rayjobs.train --data {data_url} --storage s3://{bucket}/runs --name big {TINY} --num-workers 16", env)
+    too_big = submit(
+        client, f"python -m rayjobs.train --data {data_url} --storage s3://{bucket}/runs --name big {TINY} --num-workers 16", env
+    )
     assert wait(client, too_big, timeout=120) == JobStatus.FAILED
     assert "--num-workers 16 needs 16 CPU" in client.get_job_logs(too_big)
 
-    job = submit(client, f"python -m rayjobs.train --data {data_url} --storage s3://{bucket}/runs --name job-c10 {TINY} "
-                         f"--set optim.epochs=1 --num-workers 1 --max-failures 1", env)
+    job = submit(
+        client,
+        f"python -m rayjobs.train --data {data_url} --storage s3://{bucket}/runs --name job-c10 {TINY} "
+        f"--set optim.epochs=1 --set optim.milestones=[] --num-workers 1 --max-failures 1",
+        env,
+    )
     assert wait(client, job) == JobStatus.SUCCEEDED, client.get_job_logs(job)[-6000:]
     assert '"in_memory": true' in client.get_job_logs(job)  # --stream auto: tiny 32 px data is loaded once
     files = storage.list_files(f"s3://{bucket}/runs/job-c10")

@@ -2,6 +2,7 @@
 
 No Ray here: shards, manifests, cluster labels and the storage error paths are plain pyarrow + numpy.
 """
+
 from __future__ import annotations
 
 import io
@@ -77,7 +78,9 @@ def test_shards_hold_exactly_build_data(local_ds, data):
         assert t.schema.field("label").type == "int32" and t.schema.field("id").type == "int64"
     # Train rows are stored shuffled (streaming readers only shuffle locally), val/test in order.
     _, _, _, t = read_split(local_ds, "train")
-    stored_pos = pq.read_table(storage.resolve(storage.join(local_ds, m.splits["train"].shards[0].path))[1]).column("pos").to_numpy()
+    stored_pos = (
+        pq.read_table(storage.resolve(storage.join(local_ds, m.splits["train"].shards[0].path))[1]).column("pos").to_numpy()
+    )
     assert not np.array_equal(stored_pos, np.sort(stored_pos))
     assert not any(f.startswith("_tmp-") or "/_tmp-" in f for f in storage.list_files(local_ds))
 
@@ -99,7 +102,9 @@ def test_refuses_to_overwrite_then_overwrites(tmp_path, data_root):
     before = {f: storage.sha256(storage.join(m.url, f))[0] for f in storage.list_files(m.url)}
     with pytest.raises(prepare.DatasetExistsError, match="complete dataset.*--overwrite"):
         prepare.prepare(tiny_cfg(), str(tmp_path), name="ds")
-    assert prepare.main(["--out", str(tmp_path), "--name", "ds", "--preset", "smoke", *[a for s in TINY for a in ("--set", s)]]) == 2
+    assert (
+        prepare.main(["--out", str(tmp_path), "--name", "ds", "--preset", "smoke", *[a for s in TINY for a in ("--set", s)]]) == 2
+    )
     assert {f: storage.sha256(storage.join(m.url, f))[0] for f in storage.list_files(m.url)} == before
 
     # --overwrite replaces the dataset and drops cluster labels derived from the old rows.
@@ -260,8 +265,13 @@ def test_standin_has_real_counts_layout_and_learnable_classes(data_root, tmp_pat
     assert not {p for p, _ in train} & {ln.split()[0] for ln in val}
 
     # Read through the real ImageNet-LT code path (list files + image root), as build_data does.
-    cfg = tiny_cfg("data.dataset=imagenet-lt-standin", "data.image_size=32", f"data.path={folder}",
-                   "data.train_fraction=1", "data.eval_fraction=1")
+    cfg = tiny_cfg(
+        "data.dataset=imagenet-lt-standin",
+        "data.image_size=32",
+        f"data.path={folder}",
+        "data.train_fraction=1",
+        "data.eval_fraction=1",
+    )
     d = build_data(cfg.data)
     assert d.num_classes == 1000 and d.train.file_backed and len(d.train) == sum(counts)
     assert d.class_counts.tolist() == counts and len(d.val) == 20_000 and len(d.test) == 2_000
@@ -284,8 +294,13 @@ def test_standin_has_real_counts_layout_and_learnable_classes(data_root, tmp_pat
     assert correct / total > 0.5, f"nearest-mean accuracy {correct / total:.2f} on 20 classes (chance 0.05)"
 
     # prepare copies the original JPEG bytes (no re-encoding) of file-backed data.
-    small = tiny_cfg("data.dataset=imagenet-lt-standin", "data.image_size=32", f"data.path={folder}",
-                     "data.train_fraction=0.01", "data.eval_fraction=0.05")
+    small = tiny_cfg(
+        "data.dataset=imagenet-lt-standin",
+        "data.image_size=32",
+        f"data.path={folder}",
+        "data.train_fraction=0.01",
+        "data.eval_fraction=0.05",
+    )
     m = prepare.prepare(small, str(tmp_path / "shards"))
     assert m.image_format == "jpeg" and m.num_classes == 1000 and m.image_size == 32
     _, _, ids, t = read_split(m.url, "test")

@@ -1,5 +1,6 @@
 """rayjobs.reproduce / paper: the plan, the Markdown tables, resume, real packed runs, failure isolation, the time
 budget, and the packed CIFAR-10 subset for offline machines (size and identical LT subsets)."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,18 @@ from rayjobs.reproduce import (
 from twohead.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--epochs", "1", "--set", "data.train_fraction=0.05", "--set", "data.eval_fraction=0.02", "--imbalances", "100", "--seeds", "0"]
+TINY = [
+    "--epochs",
+    "1",
+    "--set",
+    "data.train_fraction=0.05",
+    "--set",
+    "data.eval_fraction=0.02",
+    "--imbalances",
+    "100",
+    "--seeds",
+    "0",
+]
 
 
 # ------------------------------------------------------------------------------------------------ paper data
@@ -41,7 +53,7 @@ def _numbers(line: str) -> list[float]:
 def test_paper_tables_are_the_papers():
     """Every number of Table 1 and Table 4 in rayjobs.paper equals the paper's text, row by row."""
     text = (REPO / "tests" / "data" / "paper-tables.txt").read_text()
-    t1 = text[text.index("Group\tMethods"):text.index("Table 4.")]
+    t1 = text[text.index("Group\tMethods") : text.index("Table 4.")]
     rows = {}
     for line in t1.splitlines():
         cells = [c for c in line.split("\t") if c]
@@ -52,7 +64,7 @@ def test_paper_tables_are_the_papers():
     for name, vals in rows.items():
         assert list(paper.TABLE1["cifar10"][name]) == vals[:3], name
         assert list(paper.TABLE1["cifar100"][name]) == vals[3:], name
-    t4 = text[text.index("Table 4. Ablation"):]
+    t4 = text[text.index("Table 4. Ablation") :]
     body = [ln for ln in t4.splitlines() if "/" in ln and _numbers(ln)]
     keys = [(False, False), (True, False), (False, True), (True, True)]
     assert len(body) == 4
@@ -72,8 +84,10 @@ def test_paper_tables_are_the_papers():
 # ------------------------------------------------------------------------------------------------ the plan
 def test_reproduce_path_never_imports_ray():
     """The GPU machine has no Ray: the modules the device script runs must not import it."""
-    code = ("import sys, rayjobs.reproduce, rayjobs.reproduce.pack, rayjobs.paper, rayjobs.bench, twohead.loop; "
-            "assert 'ray' not in sys.modules")
+    code = (
+        "import sys, rayjobs.reproduce, rayjobs.reproduce.pack, rayjobs.paper, rayjobs.bench, twohead.loop; "
+        "assert 'ray' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -103,29 +117,52 @@ def test_plan_covers_rows_columns_seeds_in_priority_order(tmp_path):
 
 def test_a_three_seed_plan_draws_three_cluster_splits(tmp_path):
     """The random division follows the run's seed (method.cluster_seed = null), so seeds vary the split too."""
-    from twohead.data import Split, LTData
     from twohead.clusters import division_for
+    from twohead.data import LTData, Split
 
     specs = plan_runs(["cifar10-lt"], methods=["twohead"], imbalances=[100], work=tmp_path)
     counts = [50, 20, 5]
     labels = np.repeat(np.arange(3), counts)
-    data = LTData(name="t", class_names=list("abc"), num_classes=3, image_size=4, mean=(0.5,) * 3, std=(0.5,) * 3,
-                  train=Split(labels=labels, ids=np.arange(len(labels)), images=np.zeros((len(labels), 4, 4, 3), np.uint8)),
-                  val=None, test=Split(labels=labels[:3], ids=np.arange(3), images=np.zeros((3, 4, 4, 3), np.uint8)))
+    data = LTData(
+        name="t",
+        class_names=list("abc"),
+        num_classes=3,
+        image_size=4,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        train=Split(labels=labels, ids=np.arange(len(labels)), images=np.zeros((len(labels), 4, 4, 3), np.uint8)),
+        val=None,
+        test=Split(labels=labels[:3], ids=np.arange(3), images=np.zeros((3, 4, 4, 3), np.uint8)),
+    )
     splits = [division_for(sp.config(tmp_path), data)[1] for sp in specs]
     assert [sp.seed for sp in specs] == [0, 1, 2] and [sp.config(tmp_path).cluster_seed for sp in specs] == [0, 1, 2]
     assert len({tuple(s.tolist()) for s in splits}) == 3
 
 
 def test_plan_epochs_and_overrides_rename_runs_and_scale_the_schedule(tmp_path):
-    specs = plan_runs(["cifar10-lt"], methods=["ldam_drw"], imbalances=[50], seeds=[1], epochs=10,
-                      sets=["optim.lr=0.05", "data.num_workers=2"], work=tmp_path)
+    specs = plan_runs(
+        ["cifar10-lt"],
+        methods=["ldam_drw"],
+        imbalances=[50],
+        seeds=[1],
+        epochs=10,
+        sets=["optim.lr=0.05", "data.num_workers=2"],
+        work=tmp_path,
+    )
     (spec,) = specs
     assert re.fullmatch(r"ldam_drw-imb50-s1-e10-[0-9a-f]{6}", spec.name)
     cfg = spec.config(tmp_path)
-    assert (cfg.optim.epochs, cfg.optim.milestones, cfg.optim.warmup_epochs, cfg.method.drw_epoch, cfg.optim.lr) == (10, (6, 8), 0, 8, 0.05)
+    assert (cfg.optim.epochs, cfg.optim.milestones, cfg.optim.warmup_epochs, cfg.method.drw_epoch, cfg.optim.lr) == (
+        10,
+        (6, 8),
+        0,
+        8,
+        0.05,
+    )
     # A key that does not change results (num_workers) does not rename the run.
-    same = plan_runs(["cifar10-lt"], methods=["ldam_drw"], imbalances=[50], seeds=[1], epochs=10, sets=["optim.lr=0.05"], work=tmp_path)
+    same = plan_runs(
+        ["cifar10-lt"], methods=["ldam_drw"], imbalances=[50], seeds=[1], epochs=10, sets=["optim.lr=0.05"], work=tmp_path
+    )
     assert same[0].name == spec.name
     with pytest.raises(ConfigError, match="method.name is chosen by the plan"):
         plan_runs(["cifar10-lt"], sets=["method.name=ce"], work=tmp_path)
@@ -141,21 +178,38 @@ def test_plan_epochs_and_overrides_rename_runs_and_scale_the_schedule(tmp_path):
 def _fake_metrics(spec: RunSpec, top1: float, recall_offset: float = 0.0, epochs: int = 200, best: float | None = None) -> dict:
     """metrics.json as twohead.loop.fit writes it on a GPU (values chosen by the test)."""
     counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
-    return {"run": spec.name, "dataset": spec.dataset, "method": spec.method, "imbalance": spec.imbalance,
-            "seed": spec.seed, "epochs": epochs, "top1": top1, "many": top1 + 5, "medium": top1 - 20, "few": None,
-            "worst_class": top1 - 30, "by_inference": {"max": top1, "sum": top1 - 2.0},
-            "posthoc": {"la_tau1.0": top1 + 1.0, "taunorm1.0": top1 + 0.5},
-            "test_best_over_epochs": None if best is None else {"top1": best, "epoch": 170},
-            "per_class_recall": [top1 + recall_offset] * 10, "class_counts": counts,
-            "weight_norms": [1.0 + i / 10 for i in range(10)], "wall_s": 30.0, "device": "cuda:0",
-            "torch": "2.11.0", "gpu": "NVIDIA H100 80GB HBM3"}
+    return {
+        "run": spec.name,
+        "dataset": spec.dataset,
+        "method": spec.method,
+        "imbalance": spec.imbalance,
+        "seed": spec.seed,
+        "epochs": epochs,
+        "top1": top1,
+        "many": top1 + 5,
+        "medium": top1 - 20,
+        "few": None,
+        "worst_class": top1 - 30,
+        "by_inference": {"max": top1, "sum": top1 - 2.0},
+        "posthoc": {"la_tau1.0": top1 + 1.0, "taunorm1.0": top1 + 0.5},
+        "test_best_over_epochs": None if best is None else {"top1": best, "epoch": 170},
+        "per_class_recall": [top1 + recall_offset] * 10,
+        "class_counts": counts,
+        "weight_norms": [1.0 + i / 10 for i in range(10)],
+        "wall_s": 30.0,
+        "device": "cuda:0",
+        "torch": "2.11.0",
+        "gpu": "NVIDIA H100 80GB HBM3",
+    }
 
 
-def _fake_result(spec: RunSpec, work: Path, top1: float, recall_offset: float = 0.0, epochs: int = 200,
-                 best: float | None = None) -> dict:
+def _fake_result(
+    spec: RunSpec, work: Path, top1: float, recall_offset: float = 0.0, epochs: int = 200, best: float | None = None
+) -> dict:
     """The per-run JSON a finished run leaves in --out (config: the run's own)."""
-    return slim_result(_fake_metrics(spec, top1, recall_offset, epochs, best), spec.config(work),
-                       {"commit": "abc123", "concurrent": 4})
+    return slim_result(
+        _fake_metrics(spec, top1, recall_offset, epochs, best), spec.config(work), {"commit": "abc123", "concurrent": 4}
+    )
 
 
 def _write(out: Path, spec: RunSpec, d: dict) -> None:
@@ -187,8 +241,9 @@ def test_markdown_table_mean_std_paper_and_difference(tmp_path):
     runner = Runner(specs, out=out, work=work)
     runner.refresh()
     assert sum(st.state == "done" for st in runner.status.values()) == 5
-    written = write_report(["cifar10-lt", "cifar10-lt-ablation"], specs, runner.status, out=out, work=work,
-                           archive=tmp_path / "r.tar.gz")
+    written = write_report(
+        ["cifar10-lt", "cifar10-lt-ablation"], specs, runner.status, out=out, work=work, archive=tmp_path / "r.tar.gz"
+    )
     md = (out / "cifar10-lt.md").read_text()
     # CE at beta=100: mean 71.00, sample std 1.00 over 3 seeds; paper 70.36; difference +0.64.
     # Best-over-epochs (the baselines' protocol) in its own column: mean 72.00, std 1.00 of 71, 73, 72.
@@ -229,8 +284,15 @@ def test_finished_runs_are_not_relaunched(tmp_path, capsys):
     """A run with metrics.json in its run folder (or its JSON in --out) is collected, never launched again."""
     out, work = tmp_path / "results", tmp_path / "work"
     argv = ["--methods", "ce,twohead", *TINY, "--out", str(out), "--work", str(work)]
-    specs = plan_runs(["cifar10-lt"], methods=["ce", "twohead"], imbalances=[100], seeds=[0], epochs=1,
-                      sets=["data.train_fraction=0.05", "data.eval_fraction=0.02"], work=work)
+    specs = plan_runs(
+        ["cifar10-lt"],
+        methods=["ce", "twohead"],
+        imbalances=[100],
+        seeds=[0],
+        epochs=1,
+        sets=["data.train_fraction=0.05", "data.eval_fraction=0.02"],
+        work=work,
+    )
     ce, th = specs
     rd = work / "cifar10-lt" / ce.name
     rd.mkdir(parents=True)
@@ -243,8 +305,15 @@ def test_finished_runs_are_not_relaunched(tmp_path, capsys):
     assert derived["top1"] == 42.0 and derived["card"] == "NVIDIA H100 80GB HBM3"
     assert "finished 2/2" in capsys.readouterr().out
     # A result of the same name with another config is never overwritten or silently reused.
-    other = plan_runs(["cifar10-lt"], methods=["ce"], imbalances=[100], seeds=[0], epochs=1,
-                      sets=["data.train_fraction=0.05", "data.eval_fraction=0.02"], work=work)[0]
+    other = plan_runs(
+        ["cifar10-lt"],
+        methods=["ce"],
+        imbalances=[100],
+        seeds=[0],
+        epochs=1,
+        sets=["data.train_fraction=0.05", "data.eval_fraction=0.02"],
+        work=work,
+    )[0]
     d = json.loads(slim_path(out, other).read_text())
     d["config"]["optim"]["lr"] = 0.5
     slim_path(out, other).write_text(json.dumps(d))
@@ -266,11 +335,25 @@ def test_time_budget_launches_nothing_past_it(tmp_path, capsys):
 def test_two_real_runs_packed_concurrently(tmp_path, data_root):
     """ce + twohead on real CIFAR-10-LT (5% of the train subset, 1 epoch) as two processes at once."""
     out, work = tmp_path / "results", tmp_path / "work"
-    specs = plan_runs(["cifar10-lt"], methods=["ce", "twohead"], imbalances=[100], seeds=[0], epochs=1,
-                      sets=["data.train_fraction=0.05", "data.eval_fraction=0.02"], work=work)
+    specs = plan_runs(
+        ["cifar10-lt"],
+        methods=["ce", "twohead"],
+        imbalances=[100],
+        seeds=[0],
+        epochs=1,
+        sets=["data.train_fraction=0.05", "data.eval_fraction=0.02"],
+        work=work,
+    )
     updates = []
-    runner = Runner(specs, out=out, work=work, concurrent=2, commit="test", poll_s=0.2,
-                    on_update=lambda r: updates.append(sum(st.state == "done" for st in r.status.values())))
+    runner = Runner(
+        specs,
+        out=out,
+        work=work,
+        concurrent=2,
+        commit="test",
+        poll_s=0.2,
+        on_update=lambda r: updates.append(sum(st.state == "done" for st in r.status.values())),
+    )
     status = runner.run()
     a, b = (status[s.name] for s in specs)
     assert a.state == b.state == "done", (a.reason, b.reason)
@@ -296,8 +379,21 @@ def test_two_real_runs_packed_concurrently(tmp_path, data_root):
 def test_a_failing_run_does_not_stop_the_others(tmp_path, data_root, capsys):
     """u=100000 is harmless for CE but impossible for the class-division head (Eq. 3): twohead fails, CE finishes."""
     out, work = tmp_path / "results", tmp_path / "work"
-    rc = main(["--methods", "ce,twohead", *TINY, "--set", "method.u=100000", "--concurrent", "2",
-               "--out", str(out), "--work", str(work)])
+    rc = main(
+        [
+            "--methods",
+            "ce,twohead",
+            *TINY,
+            "--set",
+            "method.u=100000",
+            "--concurrent",
+            "2",
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+        ]
+    )
     assert rc == 1
     printed = capsys.readouterr().out
     (ce,) = list((out / "cifar10-lt").glob("ce-imb100-s0-*.json"))
@@ -311,9 +407,27 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path, data_root, capsys):
 def test_sigterm_stops_runs_and_keeps_the_report(tmp_path, data_root):
     out, work = tmp_path / "results", tmp_path / "work"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "rayjobs.reproduce", "--methods", "ce", *TINY,
-                             "--set", "data.train_fraction=0.3", "--out", str(out), "--work", str(work)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rayjobs.reproduce",
+            "--methods",
+            "ce",
+            *TINY,
+            "--set",
+            "data.train_fraction=0.3",
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log = work / "cifar10-lt" / "logs"
     deadline = time.time() + 60
     while not (log.exists() and any(log.iterdir())) and time.time() < deadline:
@@ -349,8 +463,10 @@ def test_pack_keeps_only_what_the_runs_read_and_draws_the_same_lt_subsets(tmp_pa
             assert np.array_equal(getattr(a, split).labels, getattr(c, split).labels), (b, split)
     # Same pixels for selected images (head, tail and validation rows).
     for split in ("train", "val"):
-        a, c = (getattr(plan_data(DataConfig(dataset="cifar10-lt", root=str(r), imbalance=100)), split) for r in (data_root, dest))
-        pick = np.r_[0:3, len(a) - 3:len(a)]
+        a, c = (
+            getattr(plan_data(DataConfig(dataset="cifar10-lt", root=str(r), imbalance=100)), split) for r in (data_root, dest)
+        )
+        pick = np.r_[0:3, len(a) - 3 : len(a)]
         xa, _ = a.source.decode(a.rows[pick], 32, cache=False)
         xc, _ = c.source.decode(c.rows[pick], 32, cache=False)
         assert np.array_equal(xa, xc)

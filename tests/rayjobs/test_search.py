@@ -3,6 +3,7 @@
 The slow tests run real Tune trials of the real loop on a tiny CIFAR-10-LT subset (5% of the long-tailed train
 set, 1-2 epochs) against a real SQLite Optuna study, and read everything back from the files a user gets.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,18 +20,19 @@ import yaml
 
 from rayjobs import search
 from rayjobs.report import default_storage_url, save_search_folder
+from rayjobs.search_space import load_search_space
 from twohead.config import TrainConfig
-from twohead.search_space import load_search_space
 
 REPO = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # 5% of CIFAR-10-LT train (~620 images), 10% of val/test: a ResNet-32 epoch takes a few seconds on one core.
-TINY_BASE = {"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 2}}
+TINY_BASE = {"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 2, "optim.milestones": []}}
 
 
-def _space(tmp_path: Path, name: str = "tiny", *, base: dict | None = None, search_: dict | None = None,
-           resources: dict | None = None) -> Path:
+def _space(
+    tmp_path: Path, name: str = "tiny", *, base: dict | None = None, search_: dict | None = None, resources: dict | None = None
+) -> Path:
     d = {
         "base": base or TINY_BASE,
         "metric": "val_top1",
@@ -40,8 +42,14 @@ def _space(tmp_path: Path, name: str = "tiny", *, base: dict | None = None, sear
             "alpha": {"type": "float", "low": 0.3, "high": 1.0},
             "clustering": {"type": "categorical", "choices": ["random", "kmeans"]},
         },
-        "search": search_ or {"num_samples": 4, "max_concurrent": 2, "seed": 0, "n_startup_trials": 2,
-                              "asha": {"grace_period": 1, "reduction_factor": 2}},
+        "search": search_
+        or {
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "seed": 0,
+            "n_startup_trials": 2,
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+        },
         "resources": resources or {"cpus_per_trial": 1},
     }
     p = tmp_path / f"{name}.yaml"
@@ -67,8 +75,16 @@ def test_unopenable_storage_is_a_clear_error(tmp_path, capsys):
 
 
 def test_missing_database_driver_names_it_and_hides_the_password(tmp_path, capsys):
-    rc = search.main(["--space", str(_space(tmp_path)), "--out", str(tmp_path / "out"),
-                      "--storage", "postgresql+psycopg2://twohead:s3cret@127.0.0.1:1/optuna"])
+    rc = search.main(
+        [
+            "--space",
+            str(_space(tmp_path)),
+            "--out",
+            str(tmp_path / "out"),
+            "--storage",
+            "postgresql+psycopg2://twohead:s3cret@127.0.0.1:1/optuna",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "cannot open Optuna storage" in err
     assert "s3cret" not in err and "***" in err
@@ -92,7 +108,7 @@ def test_a_different_search_in_the_same_folder_is_refused(tmp_path, capsys):
     rc = search.main(["--space", str(_space(tmp_path)), "--out", str(out), "--num-samples", "9", "--set", "optim.lr=0.02"])
     err = capsys.readouterr().err
     assert rc == 2 and "holds a different search" in err
-    assert "search.num_samples: 4 -> 9" in err and "base optim.lr: 0.05 -> 0.02" in err
+    assert "search.num_samples: 4 -> 9" in err and "base optim.lr: 0.1 -> 0.02" in err
     assert "resources" not in err.split("Differences:")[1]
 
 
@@ -126,8 +142,13 @@ def test_orphans_of_a_killed_driver_are_failed_others_are_left(tmp_path):
     late = study.ask()  # untagged but younger than this driver: not ours to judge
     assert search._fail_orphans(study, "/x/o", started) == 2
     states = {t.number: t.state.name for t in study.trials}
-    assert states == {ours.number: "FAIL", other.number: "RUNNING", untagged.number: "FAIL",
-                      done.number: "COMPLETE", late.number: "RUNNING"}
+    assert states == {
+        ours.number: "FAIL",
+        other.number: "RUNNING",
+        untagged.number: "FAIL",
+        done.number: "COMPLETE",
+        late.number: "RUNNING",
+    }
 
 
 # ------------------------------------------------------------------------------------ slow: real searches
@@ -159,7 +180,10 @@ def test_search_end_to_end(searched):
         # ... and the trial trained the configuration Optuna proposed.
         run_cfg = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
         assert (run_cfg["method"]["u"], run_cfg["method"]["alpha"], run_cfg["method"]["clustering"]) == (
-            t.params["u"], t.params["alpha"], t.params["clustering"])
+            t.params["u"],
+            t.params["alpha"],
+            t.params["clustering"],
+        )
         if t.user_attrs["epochs"] == 2:
             full.append(t)
             metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
@@ -211,10 +235,15 @@ def test_retrain_best_on_two_seeds(searched):
 @pytest.mark.slow
 def test_multi_worker_trial_runs_a_torch_trainer(ray_session, data_root, tmp_path):
     # 1 CPU for the trial's driver + 2 DDP workers x 0.5 CPU = the head's 2 CPUs
-    spec = load_search_space(_space(
-        tmp_path, "ddp", base={"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 1}},
-        search_={"num_samples": 1, "max_concurrent": 1, "seed": 0},
-        resources={"cpus_per_trial": 0.5, "workers_per_trial": 2}))
+    spec = load_search_space(
+        _space(
+            tmp_path,
+            "ddp",
+            base={"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 1, "optim.milestones": []}},
+            search_={"num_samples": 1, "max_concurrent": 1, "seed": 0},
+            resources={"cpus_per_trial": 0.5, "workers_per_trial": 2},
+        )
+    )
     res = search.run_search(spec, tmp_path / "out", verbose=0)
     assert res.errors == 0
     (t,) = _load(tmp_path / "out", "ddp").trials
@@ -229,9 +258,14 @@ def test_experiment_in_s3_storage(ray_session, s3_server, data_root, tmp_path):
     # Tune keeps the experiment (checkpoints, trial folders with the loop's files) in S3; the study and the
     # report stay in the local results folder.
     bucket = s3_server.make_bucket("twohead-search")
-    spec = load_search_space(_space(
-        tmp_path, "s3tiny", base={"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 1}},
-        search_={"num_samples": 1, "max_concurrent": 1, "seed": 0}))
+    spec = load_search_space(
+        _space(
+            tmp_path,
+            "s3tiny",
+            base={"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 1, "optim.milestones": []}},
+            search_={"num_samples": 1, "max_concurrent": 1, "seed": 0},
+        )
+    )
     res = search.run_search(spec, tmp_path / "out", storage_path=f"s3://{bucket}/runs", verbose=0)
     assert res.errors == 0 and res.experiment == f"s3://{bucket}/runs/s3tiny"
     (t,) = _load(tmp_path / "out", "s3tiny").trials
@@ -247,8 +281,19 @@ def test_experiment_in_s3_storage(ray_session, s3_server, data_root, tmp_path):
 def test_killed_search_resumes_and_keeps_finished_trials(ray_head, data_root, tmp_path):
     space = _space(tmp_path, "resume", search_={"num_samples": 3, "max_concurrent": 2, "seed": 1})
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "rayjobs.search", "--space", str(space), "--out", str(out),
-           "--address", ray_head.address, "--verbose", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rayjobs.search",
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--address",
+        ray_head.address,
+        "--verbose",
+        "0",
+    ]
     env = dict(os.environ, TWOHEAD_DATA=str(data_root))
     log1 = open(tmp_path / "driver1.log", "w")
     driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log1, stderr=subprocess.STDOUT)

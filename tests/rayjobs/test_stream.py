@@ -1,4 +1,5 @@
 """rayjobs.stream: Ray Data streaming from the (moto) S3 server on the session's Ray head, and row validation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -102,8 +103,10 @@ def test_corrupt_image_names_shard_and_row_then_skip_counts_it(ray_session, s3_d
     counter = ray.remote(stream.SkipCounter).options(num_cpus=0).remote()
     n = 0
     for _epoch in range(2):
-        n = sum(len(b["label"]) for b in stream.train_dataset(bad, lookup=lookup, skip_invalid=True, counter=counter)
-                .iter_batches(batch_size=256))
+        n = sum(
+            len(b["label"])
+            for b in stream.train_dataset(bad, lookup=lookup, skip_invalid=True, counter=counter).iter_batches(batch_size=256)
+        )
     assert n == bad.splits["train"].num_rows - 1
     summary = ray.get(counter.summary.remote())
     assert summary["skipped"] == 1  # counted once, although both epochs met it
@@ -115,9 +118,15 @@ def test_corrupt_image_names_shard_and_row_then_skip_counts_it(ray_session, s3_d
 # Row validation (the same UDF, called directly)
 # --------------------------------------------------------------------------------------------
 def _batch(m: Manifest, rows: int = 8) -> dict:
-    t = pq.read_table(pa.BufferReader(storage.read_bytes(m.shard_urls("train")[0])), columns=["image", "label", "id"]).slice(0, rows)
-    return {"image": np.asarray(t.column("image").to_pylist(), dtype=object), "label": t.column("label").to_numpy(),
-            "id": t.column("id").to_numpy(), "path": np.asarray([m.shard_urls("train")[0].split("://", 1)[1]] * rows, dtype=object)}
+    t = pq.read_table(pa.BufferReader(storage.read_bytes(m.shard_urls("train")[0])), columns=["image", "label", "id"]).slice(
+        0, rows
+    )
+    return {
+        "image": np.asarray(t.column("image").to_pylist(), dtype=object),
+        "label": t.column("label").to_numpy(),
+        "id": t.column("id").to_numpy(),
+        "path": np.asarray([m.shard_urls("train")[0].split("://", 1)[1]] * rows, dtype=object),
+    }
 
 
 def test_label_outside_range_is_named(s3_ds):
@@ -141,8 +150,11 @@ def test_label_outside_range_is_named(s3_ds):
 def test_missing_cluster_ids_are_named(s3_ds):
     lookup = lookup_for(s3_ds)
     b = _batch(s3_ds)
-    partial = labels.ClusterLookup(lookup.ids[~np.isin(lookup.ids, b["id"][:3])], lookup.clusters[~np.isin(lookup.ids, b["id"][:3])],
-                                   source="labels file s3://x/labels/random-u10-rceil-s0.parquet")
+    partial = labels.ClusterLookup(
+        lookup.ids[~np.isin(lookup.ids, b["id"][:3])],
+        lookup.clusters[~np.isin(lookup.ids, b["id"][:3])],
+        source="labels file s3://x/labels/random-u10-rceil-s0.parquet",
+    )
     with pytest.raises(labels.MissingClusterError, match=r"random-u10-rceil-s0\.parquet has no cluster for 3 ids .*first: \["):
         stream.decode_batch(b, num_classes=10, size=32, augment=False, lookup=partial, skip_invalid=True)
     out = stream.decode_batch(b, num_classes=10, size=32, augment=False, lookup=lookup)

@@ -2,6 +2,7 @@
 
 Checkpoints and results go to the moto S3 server, data streams from it, like on a cluster.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,19 +51,28 @@ def test_parse_workers():
 
 def test_too_many_workers_fails_before_submitting(ray_session, s3_ds, bucket):
     # Streaming needs a CPU for Ray Data besides the workers' CPUs.
-    with pytest.raises(train.InsufficientResourcesError, match=r"--num-workers 64 needs 65 CPU .* has 2 CPU; use at most --num-workers 1"):
+    with pytest.raises(
+        train.InsufficientResourcesError, match=r"--num-workers 64 needs 65 CPU .* has 2 CPU; use at most --num-workers 1"
+    ):
         train.run(tiny_cfg(), data_url=s3_ds, storage_url=f"s3://{bucket}/runs", name="too-many", num_workers=64, stream="on")
-    with pytest.raises(train.InsufficientResourcesError, match=r"--num-workers 3 needs 3 CPU .* has 2 CPU; use at most --num-workers 2"):
+    with pytest.raises(
+        train.InsufficientResourcesError, match=r"--num-workers 3 needs 3 CPU .* has 2 CPU; use at most --num-workers 2"
+    ):
         train.run(tiny_cfg(), data_url=s3_ds, storage_url=f"s3://{bucket}/runs", name="too-many", num_workers=3, stream="off")
     with pytest.raises(train.InsufficientResourcesError, match="needs 2 GPU"):
-        train.run(tiny_cfg(), data_url=s3_ds, storage_url=f"s3://{bucket}/runs", name="too-many", num_workers=(2, 4), use_gpu=True)
+        train.run(
+            tiny_cfg(), data_url=s3_ds, storage_url=f"s3://{bucket}/runs", name="too-many", num_workers=(2, 4), use_gpu=True
+        )
     assert storage.list_files(f"s3://{bucket}/runs/too-many") == []  # nothing was started or written
 
 
 def _latest_state(run_url: str) -> dict:
     fs, path = storage.resolve(run_url)
-    dirs = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
-                  if i.base_name.startswith("checkpoint_") and i.type == pafs.FileType.Directory)
+    dirs = sorted(
+        i.path
+        for i in fs.get_file_info(pafs.FileSelector(path))
+        if i.base_name.startswith("checkpoint_") and i.type == pafs.FileType.Directory
+    )
     assert dirs, f"no checkpoint under {run_url}"
     with fs.open_input_stream(f"{dirs[-1]}/{train.STATE_FILE}") as f:
         import io
@@ -138,12 +148,26 @@ def test_ddp_two_workers_on_two_nodes(s3_ds, bucket, tmp_path):
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     proc = subprocess.run(
-        [sys.executable, str(script), s3_ds, f"s3://{bucket}/runs", *TINY, "optim.epochs=1", "optim.batch_size=64"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=420, check=False,
+        [
+            sys.executable,
+            str(script),
+            s3_ds,
+            f"s3://{bucket}/runs",
+            *TINY,
+            "optim.epochs=1",
+            "optim.milestones=[]",
+            "optim.batch_size=64",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    res = json.loads(lines[-1][len("RESULT "):])
+    res = json.loads(lines[-1][len("RESULT ") :])
     assert res["world"] == 2 and res["epochs"] == 1
     assert len(set(res["nodes"])) == 2, f"the two DDP ranks ran on {res['nodes']}"
     assert storage.read_json(f"{res['results']}/metrics.json")["top1"] == res["top1"]

@@ -4,6 +4,7 @@ lists), its generated stand-in, and bring-your-own Parquet / image-folder data.
 ``build_data(cfg.data) -> LTData`` is the one entry point; ``describe_counts(cfg.data)`` gives the per-class
 counts without decoding. :class:`FileDataset` (torch) is imported lazily so ``import twohead.data`` stays light.
 """
+
 from __future__ import annotations
 
 from typing import Any

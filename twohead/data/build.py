@@ -1,7 +1,6 @@
 """``build_data(cfg.data) -> LTData``: dispatch on ``data.dataset``, then LT sampling, fractions and decoding."""
+
 from __future__ import annotations
-
-
 
 from twohead.config import DATASETS, DataConfig, data_root
 from twohead.data.plan import DatasetPlan
@@ -39,7 +38,9 @@ def plan_data(cfg: DataConfig) -> DatasetPlan:
 
         plan = plan_folder(cfg, root)
     else:
-        raise DataError(f"data.dataset={name!r} has no split plan; allowed: {', '.join(d for d in DATASETS if d != 'imagenet-lt-standin')}")
+        raise DataError(
+            f"data.dataset={name!r} has no split plan; allowed: {', '.join(d for d in DATASETS if d != 'imagenet-lt-standin')}"
+        )
     return plan.with_fractions(cfg.train_fraction, cfg.eval_fraction, cfg.lt_seed)
 
 

@@ -10,6 +10,7 @@ Sources, per split, in order of preference:
 Rows are put in official order (by ``index``) before LDAM's sampling, because LDAM indexes torchvision's arrays.
 The LT subset and the validation reserve are described in :mod:`twohead.data.lt`.
 """
+
 from __future__ import annotations
 
 import json

@@ -17,6 +17,7 @@ Folder (``data.path`` = a folder in torchvision ImageFolder layout):
     probed on the first training image, or ``data.image_size`` <= 64) are decoded into memory; larger ones stay
     file-backed and stream through :class:`twohead.data.FileDataset`.
 """
+
 from __future__ import annotations
 
 import json
@@ -112,7 +113,9 @@ def _to_int_labels(raw, src: ParquetSource, names: list[str]) -> np.ndarray:
     out = np.empty(len(raw), dtype=np.int64)
     for i, r in enumerate(raw):
         if r not in index:
-            raise DataError(f"label {r!r} at {src.where(i)} is not one of the {len(names)} classes {names[:10]}{' ...' if len(names) > 10 else ''}")
+            raise DataError(
+                f"label {r!r} at {src.where(i)} is not one of the {len(names)} classes {names[:10]}{' ...' if len(names) > 10 else ''}"
+            )
         out[i] = index[r]
     return out
 
@@ -174,7 +177,9 @@ def plan_folder(cfg: DataConfig, root: Path | None = None) -> DatasetPlan:
     class_to_idx = {c: i for i, c in enumerate(classes)}
     unknown = sorted(d.name for d in test_root.iterdir() if d.is_dir() and d.name not in class_to_idx)
     if unknown:
-        raise DataError(f"test class folder(s) {unknown[:5]} under {test_root} are not training classes (allowed: the {len(classes)} folders of {train_root})")
+        raise DataError(
+            f"test class folder(s) {unknown[:5]} under {test_root} are not training classes (allowed: the {len(classes)} folders of {train_root})"
+        )
     # torchvision's walker: sorted, extension-filtered, follows links -- the same listing ImageFolder uses.
     tr = make_dataset(str(train_root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     te = make_dataset(str(test_root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
@@ -199,7 +204,9 @@ def plan_folder(cfg: DataConfig, root: Path | None = None) -> DatasetPlan:
         std=IMAGENET_STD,
         train=train,
         val=val,
-        test=SplitPlan(esrc, np.arange(n_te, dtype=np.int64), np.asarray([t for _, t in te], dtype=np.int64), np.arange(n_te, dtype=np.int64)),
+        test=SplitPlan(
+            esrc, np.arange(n_te, dtype=np.int64), np.asarray([t for _, t in te], dtype=np.int64), np.arange(n_te, dtype=np.int64)
+        ),
         file_backed=file_backed,
         notes=notes,
     )

@@ -9,6 +9,7 @@
 Splits are file-backed (``Split.files``); images are decoded lazily by :class:`twohead.data.FileDataset`.
 The validation split is always the official list (``data.val_per_class`` does not apply).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,11 +6,12 @@ recipe: RandomResizedCrop + horizontal flip for training; resize to S/0.875 + ce
 normalisation with ``LTData.mean/std`` is left to the loop, on the device, exactly as for in-memory splits.
 ``position`` is the sample's index in the split, so the loop can look up its cluster id (Sec. 2.2).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from torch.utils.data import Dataset, default_collate
@@ -82,9 +83,7 @@ class FileDataset(Dataset):
             if self.skip_corrupt:
                 log.warning("skipping undecodable image %s (row %d): %s", path, i, e)
                 return None
-            raise DataError(
-                f"cannot decode image file {path} (row {i}): {e}; set data.skip_corrupt=true to skip it"
-            ) from None
+            raise DataError(f"cannot decode image file {path} (row {i}): {e}; set data.skip_corrupt=true to skip it") from None
         return self.transform(img), int(self.labels[i]), i
 
 

@@ -16,10 +16,11 @@ n_c > n_pool - v, which only happens for the head class (n_0 = n_max = n_pool); 
 n_pool - v. On CIFAR-10 at imbalance 100 with v = 20 the train subset is LDAM's minus 20 class-0 images
 (12,386 instead of 12,406); every other class is LDAM's exactly.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -95,9 +96,7 @@ def ldam_lt_split(
         rng.shuffle(idx)  # the draw LDAM makes for this class, whatever we keep afterwards
         n_pool = len(idx)
         if v and n_pool - v < 1:
-            raise DataError(
-                f"class {c} ({names[c]}) has {n_pool} training images; data.val_per_class={v} needs at least {v + 1}"
-            )
+            raise DataError(f"class {c} ({names[c]}) has {n_pool} training images; data.val_per_class={v} needs at least {v + 1}")
         keep = min(target[c], n_pool - v)
         if v and target[c] > n_pool - v:
             notes.append(
@@ -112,7 +111,7 @@ def ldam_lt_split(
                 f"(n_max {len(labels) / num_classes:g}); lower data.imbalance"
             )
         train_parts.append(idx[:keep])
-        val_parts.append(idx[n_pool - v:] if v else idx[:0])
+        val_parts.append(idx[n_pool - v :] if v else idx[:0])
         counts.append(int(keep))
     return LTSelection(
         train=np.concatenate(train_parts).astype(np.int64),
@@ -148,7 +147,7 @@ def carve_val(
         if take < v:
             short.append(f"{c} ({names[c]}): {take}")
         train_parts.append(idx[: len(idx) - take])
-        val_parts.append(idx[len(idx) - take:])
+        val_parts.append(idx[len(idx) - take :])
     notes = []
     if short:
         notes.append(

@@ -4,6 +4,7 @@ Every builder first produces a :class:`DatasetPlan` (cheap: label columns, list 
 then :meth:`DatasetPlan.materialize` decodes only the rows that survived LT sampling, the validation carve and
 the smoke-run fractions. ``twohead describe`` stops after the plan, so it never decodes an image.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,7 +37,7 @@ class SplitPlan:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def subset(self, idx: np.ndarray) -> "SplitPlan":
+    def subset(self, idx: np.ndarray) -> SplitPlan:
         return SplitPlan(self.source, self.rows[idx], self.labels[idx], self.ids[idx])
 
 
@@ -57,7 +58,7 @@ class DatasetPlan:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def with_fractions(self, train_fraction: float, eval_fraction: float, seed: int) -> "DatasetPlan":
+    def with_fractions(self, train_fraction: float, eval_fraction: float, seed: int) -> DatasetPlan:
         """Stratified, seeded subsets for smoke runs (every class keeps >= 1 sample in every split)."""
         if train_fraction >= 1 and eval_fraction >= 1:
             return self
@@ -95,7 +96,9 @@ class DatasetPlan:
         return out
 
     def materialize(self, skip_corrupt: bool = False) -> LTData:
-        check_nonempty(np.bincount(self.train.labels, minlength=self.num_classes), self.class_names, f"the {self.name} train split")
+        check_nonempty(
+            np.bincount(self.train.labels, minlength=self.num_classes), self.class_names, f"the {self.name} train split"
+        )
         skipped = 0
         notes = list(self.notes)
         splits: dict[str, Split | None] = {}
@@ -106,13 +109,18 @@ class DatasetPlan:
             if self.file_backed:
                 if not isinstance(sp.source, FileSource):
                     raise DataError(f"{self.name} {split_name}: a file-backed split needs image files")
-                splits[split_name] = Split(sp.labels, sp.ids, files=[sp.source.paths[r] for r in sp.rows.tolist()], image_size=self.image_size)
+                splits[split_name] = Split(
+                    sp.labels, sp.ids, files=[sp.source.paths[r] for r in sp.rows.tolist()], image_size=self.image_size
+                )
                 continue
             images, bad = sp.source.decode(sp.rows, self.image_size, skip_corrupt=skip_corrupt)
             if len(bad):
                 log.warning(
                     "skipped %d undecodable image(s) in the %s %s split (data.skip_corrupt=true), first: %s",
-                    len(bad), self.name, split_name, sp.source.where(int(sp.rows[bad[0]])),
+                    len(bad),
+                    self.name,
+                    split_name,
+                    sp.source.where(int(sp.rows[bad[0]])),
                 )
                 notes.append(f"{split_name}: skipped {len(bad)} undecodable images")
                 skipped += len(bad)

@@ -14,6 +14,7 @@ JPEGs, BMP, ...); only when both fail is an image corrupt. Decoded arrays are ca
 mtime, the row selection and the output size, so a second run with the same selection loads in milliseconds.
 Set ``TWOHEAD_CACHE=off`` to disable the cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,8 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -161,7 +162,9 @@ class _Source:
         """Human-readable location of source row ``row`` (file and row) for error messages."""
         raise NotImplementedError
 
-    def decode(self, rows: Sequence[int] | np.ndarray, size: int, skip_corrupt: bool = False, cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self, rows: Sequence[int] | np.ndarray, size: int, skip_corrupt: bool = False, cache: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Decode source rows to uint8 [n, size, size, 3]; returns (images, bad) where ``bad`` holds the
         positions (into ``rows``) of undecodable images that were skipped (their slots are dropped)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -277,8 +280,7 @@ class ParquetSource(_Source):
             gi = np.searchsorted(groups, np.searchsorted(starts, local, side="right") - 1)
             pos_in_table = group_base[gi] + (local - starts[groups[gi]])
             col = table.column(self.image_column).take(pa.array(pos_in_table))
-            for p, data in zip(sel.tolist(), col.to_pylist()):
-                yield p, data
+            yield from zip(sel.tolist(), col.to_pylist())
 
 
 class FileSource(_Source):
@@ -331,5 +333,9 @@ class ArraySource(_Source):
         rows = np.asarray(rows, dtype=np.int64)
         sel = self.images[rows]
         if sel.shape[1:3] != (size, size):
-            sel = np.stack([fit_size(torch.from_numpy(x).permute(2, 0, 1), size).permute(1, 2, 0).numpy() for x in sel]) if len(sel) else np.zeros((0, size, size, 3), np.uint8)
+            sel = (
+                np.stack([fit_size(torch.from_numpy(x).permute(2, 0, 1), size).permute(1, 2, 0).numpy() for x in sel])
+                if len(sel)
+                else np.zeros((0, size, size, 3), np.uint8)
+            )
         return np.ascontiguousarray(sel, dtype=np.uint8), np.zeros(0, dtype=np.int64)

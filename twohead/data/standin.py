@@ -15,6 +15,7 @@ that has the same structure:
 Generation is vectorised per class (numpy) and spread over processes; it is written to a temp
 folder and renamed into place, so a cache folder is either complete or absent.
 """
+
 from __future__ import annotations
 
 import io
@@ -143,9 +144,7 @@ def generate_standin(
         marker = out_dir / _MARKER
         if marker.is_file() and json.loads(marker.read_text()).get("params") == params:
             return out_dir
-        raise DataError(
-            f"{out_dir} exists but is not a stand-in made with {params}; choose another folder or remove it"
-        )
+        raise DataError(f"{out_dir} exists but is not a stand-in made with {params}; choose another folder or remove it")
     counts, wnids, lists = _read_lists(Path(data_root) if data_root else _data_root())
 
     # Paths per class and split. Train names follow ImageNet's <wnid>_<n>.JPEG and skip the names the
@@ -228,7 +227,7 @@ def plan_standin(cfg: DataConfig, root: str | Path) -> DatasetPlan:
     if not (marker.is_file() and json.loads(marker.read_text())["params"].get("image_size") == size):
         folder = generate_standin(folder, size, 0, data_root=root)
     # The stand-in folder is the data root (imagenet_lt/ lists) and the image root (data.path) at once.
-    plan = plan_imagenet_lt(dataclasses.replace(cfg, path=str(folder), image_size=size), folder)
+    plan = plan_imagenet_lt(cfg.model_copy(update={"path": str(folder), "image_size": size}), folder)
     return dataclasses.replace(plan, name="imagenet-lt-standin")
 
 

@@ -11,6 +11,7 @@ Classes are the sorted wnids (torchvision ImageFolder's order); train images wit
 name order, so ``ids`` (positions in that listing) are stable. The LT subset uses the same LDAM-DRW procedure
 as CIFAR (n_max = 100,000 / 200 = 500, numpy seed ``data.lt_seed``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,9 +40,7 @@ def plan_tiny_imagenet(cfg: DataConfig, root: Path) -> DatasetPlan:
     base = Path(root) / "tiny-imagenet-200"
     if not base.is_dir():
         if not cfg.download:
-            raise DataError(
-                f"Tiny-ImageNet not found at {base}; unzip {TINY_URL} into {Path(root)} or set data.download=true"
-            )
+            raise DataError(f"Tiny-ImageNet not found at {base}; unzip {TINY_URL} into {Path(root)} or set data.download=true")
         from torchvision.datasets.utils import download_and_extract_archive
 
         download_and_extract_archive(TINY_URL, download_root=str(root), filename="tiny-imagenet-200.zip", md5=TINY_MD5)

@@ -6,10 +6,11 @@ ImageNet-scale data). Both carry int64 ``labels`` and stable int64 ``ids``: the 
 source split (the Parquet ``index`` column, the line of a list file, ...), so a subset can always be traced back
 to the exact images it was built from.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class Split:
     def file_backed(self) -> bool:
         return self.images is None
 
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "Split":
+    def subset(self, idx: Sequence[int] | np.ndarray) -> Split:
         """The samples at positions ``idx`` (ids are kept, so they still point into the source split)."""
         idx = np.asarray(idx, dtype=np.int64)
         return Split(

@@ -6,9 +6,11 @@ the class-weight buffer in place (see :mod:`twohead.losses.class_balanced`). Mix
 but a batch transform plus a loss combinator (:mod:`twohead.losses.mixup`), applied by the training
 loop when ``MethodSpec.mixup`` is set.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,7 +50,7 @@ __all__ = [
 
 
 def build_criterion(
-    cfg: "TrainConfig",
+    cfg: TrainConfig,
     class_counts: Sequence[int] | np.ndarray | torch.Tensor,
     soft_labels: torch.Tensor | None = None,
 ) -> Criterion:

@@ -1,4 +1,5 @@
 """Cross-entropy on the main classifier's C logits (the CE / CB / mixup baselines)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ class CELoss(Criterion):
     def __init__(self, num_classes: int, schedule: ReweightSchedule | None = None) -> None:
         super().__init__(num_classes, schedule)
 
-    def per_sample(self, out: "HeadOutput", y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    def per_sample(self, out: HeadOutput, y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         _check_width("out.logits", out.logits, self.num_classes, "one logit per class")
         # float32 whatever the autocast dtype: the log-sum-exp of bf16 logits loses the small losses.
         return F.cross_entropy(out.logits.float(), y, reduction="none")

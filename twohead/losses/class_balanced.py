@@ -8,10 +8,12 @@ and deferred re-weighting (DRW). The buffer is updated *in place* by :meth:`Crit
 between epochs: the training step keeps static shapes and has no Python branch on the epoch, which
 is what lets the loop capture it in a CUDA graph (the graph reads the buffer's memory on each replay).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -89,7 +91,7 @@ class ReweightSchedule:
         return self.weights_after.clone() if self.active(epoch) else torch.ones_like(self.weights_after)
 
 
-def reweight_schedule(cfg: "TrainConfig", class_counts: Sequence[int] | np.ndarray | torch.Tensor) -> ReweightSchedule | None:
+def reweight_schedule(cfg: TrainConfig, class_counts: Sequence[int] | np.ndarray | torch.Tensor) -> ReweightSchedule | None:
     """The method's re-weighting schedule, or ``None`` when the method does not re-weight.
 
     Methods in :data:`twohead.config.DEFERRED_REWEIGHT` (DRW) start at ``cfg.method.drw_epoch``; other
@@ -149,7 +151,7 @@ class Criterion(nn.Module):
         else:
             self.class_weight.fill_(1.0)
 
-    def per_sample(self, out: "HeadOutput", y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
+    def per_sample(self, out: HeadOutput, y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
         """Unreduced loss ``[B]`` (float32)."""
         raise NotImplementedError
 
@@ -158,7 +160,7 @@ class Criterion(nn.Module):
         w = self.class_weight[y]
         return (w * losses).sum() / w.sum()
 
-    def forward(self, out: "HeadOutput", y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, out: HeadOutput, y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         return self.weighted_mean(self.per_sample(out, y, k), y)
 
     def extra_repr(self) -> str:
@@ -170,4 +172,3 @@ def _check_width(name: str, logits: torch.Tensor, expected: int, what: str) -> N
     """Static shape check (Python on shapes only: no device sync, fine under graph capture)."""
     if logits.ndim != 2 or logits.shape[1] != expected:
         raise ValueError(f"{name} has shape {tuple(logits.shape)}; expected [B, {expected}] ({what})")
-

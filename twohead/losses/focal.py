@@ -1,4 +1,5 @@
 """Focal loss (Lin et al. 2017, "Focal Loss for Dense Object Detection") on the C class logits."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ class FocalLoss(Criterion):
             raise ValueError(f"focal gamma={gamma} must be >= 0")
         self.gamma = float(gamma)
 
-    def per_sample(self, out: "HeadOutput", y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    def per_sample(self, out: HeadOutput, y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         _check_width("out.logits", out.logits, self.num_classes, "one logit per class")
         log_pt = F.log_softmax(out.logits.float(), dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
         # 1 - p_t via expm1: exact for confident samples where exp(log_pt) rounds to 1. The clamp keeps

@@ -1,9 +1,11 @@
 """LDAM: label-distribution-aware margin loss (Cao et al. 2019, "Learning Imbalanced Datasets with
 Label-Distribution-Aware Margin Loss"), used with the cosine classifier (``MethodSpec.normed_classifier``)
 and, for LDAM-DRW, with deferred effective-number re-weighting."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,7 +48,7 @@ class LDAMLoss(Criterion):
         self.max_m = float(max_m)
         self.register_buffer("margins", margins, persistent=False)
 
-    def per_sample(self, out: "HeadOutput", y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    def per_sample(self, out: HeadOutput, y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
         _check_width("out.logits", out.logits, self.num_classes, "one logit per class")
         logits = out.logits.float()
         # Subtract m_y only at the true class (a scatter of [B, 1] margins; static shapes).

@@ -6,9 +6,11 @@
 Everything stays on ``x``'s device: ``lam`` is a 0-dim tensor drawn there (no ``.item()``), and the
 permutation is ``torch.randperm`` on the device, so the step can be captured in a CUDA graph.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -48,9 +50,7 @@ def mixup_batch(
     if not x.is_floating_point():
         raise ValueError(f"mixup needs floating-point (normalised) images, got dtype {x.dtype}")
     if y.shape[0] != x.shape[0] or (k is not None and k.shape[0] != x.shape[0]):
-        raise ValueError(
-            f"mixup batch sizes differ: x {x.shape[0]}, y {y.shape[0]}, k {None if k is None else k.shape[0]}"
-        )
+        raise ValueError(f"mixup batch sizes differ: x {x.shape[0]}, y {y.shape[0]}, k {None if k is None else k.shape[0]}")
     lam = sample_beta(alpha, x.device, generator)
     perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
     lam_x = lam.to(x.dtype)
@@ -60,7 +60,7 @@ def mixup_batch(
 
 def mixup_loss(
     criterion: Callable[..., torch.Tensor],
-    out: "HeadOutput",
+    out: HeadOutput,
     a: Targets,
     b: Targets,
     lam: torch.Tensor | float,

@@ -10,6 +10,7 @@
 ``lambda * L1``. Class weights ``w[y]`` (``twohead_full``: deferred effective-number re-weighting)
 apply to both terms: the result is the weighted mean of ``l2_i + lambda * l1_i``.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -73,7 +74,7 @@ class TwoHeadLoss(Criterion):
             # Non-persistent: derived from the division plan, rebuilt with the criterion.
             self.register_buffer("soft_labels", q.clone(), persistent=False)
 
-    def per_sample(self, out: "HeadOutput", y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
+    def per_sample(self, out: HeadOutput, y: torch.Tensor, k: torch.Tensor | None) -> torch.Tensor:
         logits = out.logits.float()
         if self.cdh:
             if k is None:

@@ -27,15 +27,18 @@ N failed trials on a cluster, after the study has been created. Every problem ra
 This module imports neither Ray nor Optuna: :meth:`SearchSpec.suggest` only calls the ``suggest_*`` methods of
 whatever Optuna-like trial it is given, so the parsing is unit-testable on its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from twohead.config import ConfigError, TrainConfig, apply_overrides, load_config
 
@@ -57,14 +60,26 @@ __all__ = [
 ]
 
 #: search-parameter aliases; kept equal to twohead.config's override aliases (asserted in the tests)
-ALIASES: dict[str, str] = {"u": "method.u", "alpha": "method.alpha", "lambda": "method.lam", "clustering": "method.clustering"}
+from twohead.config import ALIASES  # noqa: E402 - the search's parameter names are the config's aliases
 
 #: the per-epoch validation metrics the training loop reports (twohead.loop Reporter contract); the choice
 #: of configuration may only use these. test_* metrics are reported on the last epoch and never optimised.
 VAL_METRICS = ("val_top1", "val_many", "val_medium", "val_few")
 
+
 #: where the preset search spaces live (repository root / search_spaces)
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+def _presets_dir():
+    """The preset YAML files: package data of ``rayjobs.search_spaces`` in an installed wheel, the repository's
+    top-level ``search_spaces/`` folder in a checkout (the same files: the build ships that folder)."""
+    import importlib.resources
+
+    try:
+        return importlib.resources.files("rayjobs.search_spaces")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+SPACES_DIR = _presets_dir()
 
 _TOP_KEYS = ("base", "metric", "mode", "params", "search", "resources", "study_name", "description")
 _BASE_KEYS = ("preset", "config", "set")
@@ -186,7 +201,9 @@ class SearchSpec:
         by_name = {p.name: p for p in self.params}
         unknown = sorted(set(params) - set(by_name))
         if unknown:
-            raise SearchSpaceError(f"{self.source}: trial parameters {unknown} are not in this search space; known: {sorted(by_name)}")
+            raise SearchSpaceError(
+                f"{self.source}: trial parameters {unknown} are not in this search space; known: {sorted(by_name)}"
+            )
         return {by_name[n].key: v for n, v in params.items()}
 
     def trial_config(self, params: Mapping[str, Any]) -> TrainConfig:
@@ -222,7 +239,7 @@ class SearchSpec:
             "resources": dataclasses.asdict(self.resources),
         }
 
-    def replace(self, **changes: Any) -> "SearchSpec":
+    def replace(self, **changes: Any) -> SearchSpec:
         """A copy with CLI overrides applied, validated again.
 
         Accepted keys: ``num_samples``, ``max_concurrent``, ``seed`` (search), ``cpus_per_trial``,
@@ -258,14 +275,16 @@ class SearchSpec:
 # ---------------------------------------------------------------------------------------------- loading
 def available_presets() -> list[str]:
     """Names of the preset search spaces shipped in ``search_spaces/``."""
-    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in SPACES_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
 def preset_path(name: str) -> Path:
     path = SPACES_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise SearchSpaceError(f"unknown search-space preset {name!r}; available: {', '.join(available_presets()) or '(none)'} (in {SPACES_DIR})")
-    return path
+        raise SearchSpaceError(
+            f"unknown search-space preset {name!r}; available: {', '.join(available_presets()) or '(none)'} (in {SPACES_DIR})"
+        )
+    return Path(str(path))
 
 
 def load_search_space(path_or_preset: str | Path) -> SearchSpec:
@@ -290,7 +309,9 @@ def parse_search_space(
     """Validate the parsed YAML ``data`` of a search space and build a :class:`SearchSpec`."""
     where = source
     if not isinstance(data, Mapping):
-        raise SearchSpaceError(f"{where}: a search space must be a mapping with keys {', '.join(_TOP_KEYS)}; got {type(data).__name__}")
+        raise SearchSpaceError(
+            f"{where}: a search space must be a mapping with keys {', '.join(_TOP_KEYS)}; got {type(data).__name__}"
+        )
     _no_unknown(data, _TOP_KEYS, f"{where}")
 
     recipe = data.get("base") or {}
@@ -342,7 +363,9 @@ def _parse_base(recipe: Any, where: str, base_dir: str | Path | None) -> TrainCo
     if not isinstance(sets, (Mapping, list)):
         raise SearchSpaceError(f"{where}: base.set must be a mapping of key: value (or a list of key=value)")
     try:
-        return load_config(config_path, preset=recipe.get("preset"), overrides=dict(sets) if isinstance(sets, Mapping) else list(sets))
+        return load_config(
+            config_path, preset=recipe.get("preset"), overrides=dict(sets) if isinstance(sets, Mapping) else list(sets)
+        )
     except ConfigError as exc:
         raise SearchSpaceError(f"{where}: base config: {exc}") from exc
 
@@ -366,9 +389,14 @@ def _number(v: Any, what: str, integer: bool) -> float | int:
 
 
 def _field_type(key: str) -> Any:
+    """The plain Python type of a config key (int, float, bool, str or tuple); Literal choices count as str."""
     section, name = key.split(".", 1)
-    cls = type(getattr(TrainConfig(), section))
-    return typing.get_type_hints(cls)[name]
+    ann = type(getattr(TrainConfig(), section)).model_fields[name].annotation
+    while typing.get_origin(ann) in (typing.Union, types.UnionType, typing.Annotated):
+        ann = next(a for a in typing.get_args(ann) if a is not type(None))
+    if typing.get_origin(ann) is typing.Literal:
+        return str
+    return typing.get_origin(ann) or ann
 
 
 def _get(cfg: TrainConfig, key: str) -> Any:
@@ -379,7 +407,7 @@ def _get(cfg: TrainConfig, key: str) -> Any:
 def _resolve_key(name: str, what: str) -> str:
     """Alias or dotted key -> TrainConfig key, or SearchSpaceError naming what is allowed."""
     key = ALIASES.get(name, name)
-    sections = [f.name for f in dataclasses.fields(TrainConfig)]
+    sections = list(TrainConfig.model_fields)
     if "." not in key:
         raise SearchSpaceError(
             f"{what}: unknown parameter; use one of the aliases {', '.join(ALIASES)} or a dotted TrainConfig key "
@@ -387,10 +415,14 @@ def _resolve_key(name: str, what: str) -> str:
         )
     section, attr = key.split(".", 1)
     if section not in sections:
-        raise SearchSpaceError(f"{what}: unknown parameter: config section {section!r} does not exist; sections: {', '.join(sections)}")
-    allowed = [f.name for f in dataclasses.fields(getattr(TrainConfig(), section))]
+        raise SearchSpaceError(
+            f"{what}: unknown parameter: config section {section!r} does not exist; sections: {', '.join(sections)}"
+        )
+    allowed = list(type(getattr(TrainConfig(), section)).model_fields)
     if attr not in allowed:
-        raise SearchSpaceError(f"{what}: unknown parameter: {key} is not a TrainConfig key; {section}.* keys: {', '.join(allowed)}")
+        raise SearchSpaceError(
+            f"{what}: unknown parameter: {key} is not a TrainConfig key; {section}.* keys: {', '.join(allowed)}"
+        )
     return key
 
 
@@ -541,7 +573,9 @@ def _validate_spec(spec: SearchSpec) -> None:
             f"{b.data.val_per_class}; set it > 0 (never select on the test set)"
         )
     if any(p.key == "data.val_per_class" for p in spec.params):
-        raise SearchSpaceError(f"{where}: data.val_per_class cannot be searched: it changes the validation set the metric is measured on")
+        raise SearchSpaceError(
+            f"{where}: data.val_per_class cannot be searched: it changes the validation set the metric is measured on"
+        )
 
     s = spec.search
     if s.num_samples < 1:
