@@ -286,12 +286,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """The first invalid argument, described in one line, or None. Checked before anything is read or written."""
+    name = args.name
+    if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
+        return f"--name {name!r} must be a plain folder name (no '/', not '.' or '..'): the dataset goes to --out/NAME"
+    if not args.out.strip():
+        return "--out must name a storage URL or folder (s3://bucket/datasets, file:///data, a path)"
+    for flag, value in (("--rows-per-shard", args.rows_per_shard), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            return f"{flag} {value} must be an integer >= 1 (leave it out for the default)"
+    if args.shuffle_seed < 0:
+        return f"--shuffle-seed {args.shuffle_seed} must be >= 0"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from twohead.config import ConfigError, load_config
     from twohead.data import DataError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    problem = _check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
         m = prepare(

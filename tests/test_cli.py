@@ -20,13 +20,13 @@ def run_cli(*args, env=None):
         capture_output=True,
         text=True,
         env={**os.environ, "TQDM_DISABLE": "1", **(env or {})},
-        timeout=600,
+        timeout=900,
     )
 
 
 def test_smoke_train_then_eval_on_real_cifar10(tmp_path, data_root):
     out = tmp_path / "runs"
-    r = run_cli("train", "--preset", "smoke", "--out", str(out))
+    r = run_cli("train", "--preset", "smoke", "--out", str(out), "--set", "optim.epochs=3", "--set", "optim.milestones=[2]")
     assert r.returncode == 0, r.stderr[-2000:]
     (metrics_file,) = out.glob("*/metrics.json")
     m = json.loads(metrics_file.read_text())

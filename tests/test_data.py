@@ -274,11 +274,6 @@ def test_missing_cifar_names_both_paths_and_the_fix(tmp_path):
     assert "data.download=true" in msg
 
 
-def test_missing_cifar100_train_in_shared_data(data_root):
-    with pytest.raises(DataError, match="train.parquet"):
-        describe_counts(DataConfig(dataset="cifar100-lt", root=str(data_root)))
-
-
 def test_label_out_of_range_names_file_and_row(tmp_path):
     imgs = random_images(20)
     labels = np.repeat(np.arange(10), 2).astype(np.int16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twohead.config import TrainConfig, apply_overrides
+from twohead.config import ConfigError, TrainConfig, apply_overrides
 from twohead.division import DivisionPlan
 from twohead.heads import FeatureBalancingHead, channels_per_class
 from twohead.model import TwoHeadModel, create_model
@@ -57,7 +57,7 @@ def test_channels_per_class(D, C, mode, want):
 
 
 def test_feature_proj_none_rejects_non_multiple():
-    with pytest.raises(ValueError, match="D % C == 0"):
+    with pytest.raises(ConfigError, match=r"model.feature_proj=none needs D % C == 0, got D=64, C=10; use feature_proj=auto"):
         channels_per_class(64, 10, "none")
 
 

@@ -34,12 +34,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args) -> TrainConfig:
-    overrides = list(args.overrides)
-    if getattr(args, "out", None):
-        overrides.append(f"run.out={args.out}")
-    if getattr(args, "name", None):
-        overrides.append(f"run.name={args.name}")
-    return load_config(args.config, preset=args.preset, overrides=overrides)
+    cfg = load_config(args.config, preset=args.preset, overrides=list(args.overrides))
+    # Paths are taken verbatim (no YAML parsing); `--out ""` is an error to report, not an option to ignore.
+    given = {"run.out": getattr(args, "out", None), "run.name": getattr(args, "name", None)}
+    given = {k: v for k, v in given.items() if v is not None}
+    return apply_overrides(cfg, given) if given else cfg
 
 
 def cmd_train(args) -> int:
@@ -85,14 +84,16 @@ def cmd_eval(args) -> int:
 
 def cmd_describe(args) -> int:
     from .data import describe_counts
-    from .division import clusters_per_class
+    from .division import DivisionPlan
     from .schedule import explain_lr, lr_at
 
     cfg = _load(args)
     info = describe_counts(cfg.data)
     counts = info["train_counts"]
     names = info.get("class_names") or [str(i) for i in range(len(counts))]
-    ucs = clusters_per_class(counts, cfg.method.u, cfg.method.rounding) if cfg.spec.cdh else [1] * len(counts)
+    # DivisionPlan refuses a class with fewer samples than clusters, as training would (Eq. 3 needs u_c <= n_c).
+    plan = DivisionPlan.from_counts(counts, cfg.method.u, cfg.method.rounding) if cfg.spec.cdh else None
+    ucs = list(plan.u_per_class) if plan is not None else [1] * len(counts)
     print(
         f"dataset {cfg.data.dataset}  imbalance {cfg.data.imbalance:g}  method {cfg.method.name}  u={cfg.method.u} ({cfg.method.rounding})"
     )
@@ -148,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, DivisionError, RunExistsError, CheckpointError) as e:
         print(f"twohead: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine, not the input: a full disk, a read-only or vanished folder
+        from .runs import write_failure
+
+        where = getattr(e, "filename", None) or "a file"
+        print(f"twohead: error: could not write {where}: {write_failure(e, Path(str(where)).parent)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

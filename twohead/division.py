@@ -73,7 +73,7 @@ class DivisionPlan:
         for c, (n, uc) in enumerate(zip(np.asarray(class_counts).tolist(), plan.u_per_class)):
             if n < uc:
                 raise DivisionError(
-                    f"class {c} has {n} training samples but needs u_c={uc} non-empty clusters (Eq. 3 with u={u})"
+                    f"class {c} has {n} training samples but needs u_c={uc} non-empty clusters (Eq. 3 with u={u}); lower method.u"
                 )
         return plan
 

@@ -39,7 +39,9 @@ def channels_per_class(in_channels: int, num_classes: int, feature_proj: str = "
     """(m, needs_projection): the FBH group width m = D'/C and whether a 1x1 projection is inserted."""
     if feature_proj == "none":
         if in_channels % num_classes:
-            raise ValueError(
+            from .config import ConfigError
+
+            raise ConfigError(
                 f"model.feature_proj=none needs D % C == 0, got D={in_channels}, C={num_classes}; "
                 "use feature_proj=auto or an integer m"
             )

@@ -8,8 +8,10 @@ same run when :func:`twohead.config.result_identity` agrees (output paths, data 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +25,16 @@ from .config import TrainConfig, result_identity
 
 log = logging.getLogger("twohead")
 
-__all__ = ["RunExistsError", "Reporter", "LocalReporter", "claim_run_dir", "write_metrics", "load_checkpoint", "CheckpointError"]
+__all__ = [
+    "RunExistsError",
+    "Reporter",
+    "LocalReporter",
+    "claim_run_dir",
+    "write_metrics",
+    "load_checkpoint",
+    "CheckpointError",
+    "write_failure",
+]
 
 
 class RunExistsError(RuntimeError):
@@ -52,33 +63,82 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - truncated, corrupt, or not a torch file: one clear line
-        raise CheckpointError(
-            f"{p} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-            "delete it to retrain from scratch, or point at another checkpoint"
-        ) from None
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise CheckpointError(f"{p} is not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or not {"model", "config", "class_counts"} <= set(state):
         raise CheckpointError(f"{p} is not a twohead checkpoint (no model / config / class_counts)")
     return state
 
 
 class LocalReporter:
-    """Checkpoints to ``out_dir/checkpoint.pt`` (atomic replace), resumes from it."""
+    """Checkpoints to ``out_dir/checkpoint.pt`` (atomic replace, the one before kept as ``checkpoint.prev.pt``) and
+    resumes from the newest readable one: a checkpoint damaged on disk is moved aside (``checkpoint.damaged.pt``),
+    never deleted, and never leaves the run stuck."""
 
     def __init__(self, out_dir: str | Path):
         self.path = Path(out_dir) / "checkpoint.pt"
+        self.prev = self.path.with_name("checkpoint.prev.pt")
 
     def restore(self) -> dict | None:
-        return load_checkpoint(self.path) if self.path.is_file() else None
+        for p in (self.path, self.prev):
+            if not p.is_file():
+                continue
+            try:
+                return load_checkpoint(p)
+            except CheckpointError as e:
+                aside = p.with_name(p.name.replace(".pt", ".damaged.pt"))
+                p.replace(aside)
+                log.warning("%s; moved to %s, trying the one before", e, aside.name)
+        return None
 
     def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
         if make_state is None:
             return
-        with atomic.atomic_path(self.path) as tmp:
-            torch.save(make_state(), tmp)
+        # Serialised in memory first: torch.save's C++ writer reports a full disk as an opaque RuntimeError, a plain
+        # file write says "no space left" (errno) and names the file.
+        buf = io.BytesIO()
+        torch.save(make_state(), buf)
+        try:
+            with atomic.atomic_path(self.path) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(buf.getbuffer())
+                    f.flush()
+                    os.fsync(f.fileno())
+                if self.path.is_file():  # keep the last good checkpoint until the new one is in place
+                    self.path.replace(self.prev)
+        except OSError as e:
+            raise CheckpointError(
+                f"could not write the checkpoint {self.path}: {write_failure(e, self.path.parent)}; the previous "
+                "checkpoint (if any) is intact: free space and rerun the same command to resume from it"
+            ) from None
+
+
+def write_failure(e: BaseException, folder: Path) -> str:
+    """A short reason for a failed write: no space / file too large / read-only / permission, else the first line."""
+    import errno
+    import shutil
+
+    code = getattr(e, "errno", None)
+    text = " ".join(str(e).split())
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text:
+        return "no space left on the device"
+    if code == errno.EFBIG or "File too large" in text:
+        return "file too large for the file system or the process's file-size limit"
+    if code == errno.EROFS:
+        return "read-only file system"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 << 20:
+        return f"only {free >> 20} MiB free on the device"
+    return f"{type(e).__name__}: {text[:160]}"
 
 
 def _holds_results(out: Path) -> bool:
-    return (out / "checkpoint.pt").is_file() or (out / "metrics.json").is_file()
+    return any((out / n).is_file() for n in ("checkpoint.pt", "checkpoint.prev.pt", "metrics.json"))
 
 
 def claim_run_dir(out: Path, cfg: TrainConfig, resuming: bool) -> None:
@@ -88,8 +148,9 @@ def claim_run_dir(out: Path, cfg: TrainConfig, resuming: bool) -> None:
     kept beside the new ones (``*.<time>.yaml`` / ``.jsonl``) and the new run starts there.
     """
     cfg_file = out / "config.yaml"
-    if out.exists() and not out.is_dir():
-        raise RunExistsError(f"{out} is a file, not a run folder; choose another run.name or out folder")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise RunExistsError(f"{out} cannot be a run folder: {blocker} is a file; choose another run.name or out folder")
     if out.exists() and any(out.iterdir()) and not resuming:
         if not cfg_file.is_file():
             raise RunExistsError(f"{out} is not empty and holds no twohead run; choose another run.name or out folder")

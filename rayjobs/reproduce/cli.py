@@ -24,16 +24,21 @@ log = logging.getLogger("rayjobs.reproduce")
 __all__ = ["main"]
 
 
-def _list(text: str, cast: Callable[[str], Any]) -> list:
+def _list(text: str, cast: Callable[[str], Any], flag: str) -> list:
+    """``"0,1,3-5"`` -> [0, 1, 3, 4, 5]; a value that is not a ``cast`` is a ConfigError naming ``flag``."""
     items = []
     for part in (x.strip() for x in text.split(",")):
         if not part:
             continue
-        if cast is int and "-" in part[1:]:
-            lo, hi = part.split("-", 1)
-            items.extend(range(int(lo), int(hi) + 1))
-        else:
-            items.append(cast(part))
+        try:
+            if cast is int and "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                items.extend(range(int(lo), int(hi) + 1))
+            else:
+                items.append(cast(part))
+        except ValueError:
+            kind = {int: "integers or ranges like 0-2", float: "numbers"}.get(cast, "values")
+            raise ConfigError(f"{flag} {text!r}: {part!r} is not valid; give comma-separated {kind}") from None
     return items
 
 
@@ -104,13 +109,22 @@ def main(argv: list[str] | None = None) -> int:
     tables = list(dict.fromkeys(args.table or ["cifar10-lt"]))
     out, work = Path(args.out), Path(args.work)
     if args.pack:
-        return _pack(args.pack, _list(args.imbalances, float) if args.imbalances else [100.0, 50.0, 10.0])
+        try:
+            imbalances = _list(args.imbalances, float, "--imbalances") if args.imbalances else [100.0, 50.0, 10.0]
+        except ConfigError as e:
+            print(f"reproduce: error: {e}", file=sys.stderr)
+            return 2
+        return _pack(args.pack, imbalances)
     try:
+        if args.concurrent < 0:
+            raise ConfigError(f"--concurrent {args.concurrent} must be >= 1 (0 = 4 with a GPU, else 1)")
+        if args.time_budget is not None and not args.time_budget > 0:
+            raise ConfigError(f"--time-budget {args.time_budget:g} must be a positive number of seconds")
         specs = plan_runs(
             tables,
-            methods=_list(args.methods, str) if args.methods else None,
-            imbalances=_list(args.imbalances, float) if args.imbalances else None,
-            seeds=_list(args.seeds, int),
+            methods=_list(args.methods, str, "--methods") if args.methods else None,
+            imbalances=_list(args.imbalances, float, "--imbalances") if args.imbalances else None,
+            seeds=_list(args.seeds, int, "--seeds"),
             epochs=args.epochs,
             sets=args.sets,
             work=work,

@@ -63,10 +63,23 @@ def read_cifar_split(
         import torchvision
 
         cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100
+        created = _missing_parents(folder)
+        archive = folder / cls.filename
+        had_archive = archive.exists()
         try:
             ds = cls(root=str(folder), train=(split == "train"), download=download)
         except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
             raise DataError(f"torchvision could not load {tv_path}: {e}") from None
+        except OSError as e:  # no network (URLError is an OSError), refused, disk full ...
+            if not had_archive:
+                archive.unlink(missing_ok=True)  # a partial download is not a dataset
+            _remove_empty(created)
+            reason = " ".join(str(getattr(e, "reason", e)).split())[:160]
+            raise DataError(
+                f"could not download {name} into {folder} ({reason}); without network access, copy {split}.parquet "
+                f"(or torchvision's {_TV_FOLDER[num_classes]}/) there, or point TWOHEAD_DATA / data.root at a folder "
+                f"holding {name}/"
+            ) from None
         labels = np.asarray(ds.targets, dtype=np.int64)
         check_labels(labels, num_classes, lambda i: f"row {i} of {tv_path} ({split})")
         n = len(labels)
@@ -76,6 +89,24 @@ def read_cifar_split(
         f"{name} {split} split not found: neither {pq_path} nor torchvision's folder {tv_path} exists; "
         f"put the Parquet file there, or set data.download=true to let torchvision download it into {folder}"
     )
+
+
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet (a failed download removes them again if still empty)."""
+    out = []
+    p = Path(folder).absolute()
+    while not p.exists():
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for p in folders:  # deepest first
+        try:
+            p.rmdir()
+        except OSError:  # not empty (something else was written there) or already gone: leave it
+            pass
 
 
 def plan_cifar(cfg: DataConfig, root: Path, num_classes: int) -> DatasetPlan:

@@ -128,6 +128,12 @@ def plan_parquet(cfg: DataConfig, root: Path | None = None) -> DatasetPlan:
         raise DataError(f"training Parquet data {train_files[0]} has no rows")
     raw_tr, ids_tr = _parquet_split(tsrc)
     raw_te, ids_te = _parquet_split(esrc)
+    kinds = ["integers" if isinstance(r, np.ndarray) else "strings" for r in (raw_tr, raw_te)]
+    if kinds[0] != kinds[1]:  # "3" in one split and 3 in the other would silently mean different classes
+        raise DataError(
+            f"the 'label' column holds {kinds[0]} in the training data {train_files[0]} but {kinds[1]} in the test data "
+            f"{test_files[0]}; write the labels of both splits the same way (class indices, or class names)"
+        )
     md = tsrc.schema_metadata()
     if "class_names" in md:
         try:

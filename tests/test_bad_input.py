@@ -1,0 +1,305 @@
+"""Bad input across every command: one clear line naming the input, exit 2, and nothing written or changed.
+
+Each case runs the real command in a subprocess, in a folder of its own that holds the inputs the case needs; the
+folder is compared file by file (names, sizes, contents) before and after. A traceback, a second line of output on a
+failure, a hang (pytest-timeout) or a new file is a failure of the case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+GOOD_YAML = "method: {u: 5}\n"
+CASES: list[tuple[str, list[str], str]] = [
+    # (id, argv after the python executable, regex the error line must match); every case expects exit 2.
+    # twohead train: config values and rules
+    (
+        "u-zero",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "method.u=0"],
+        r"method\.u=0: input should be greater than or equal to 1",
+    ),
+    (
+        "alpha-range",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "method.alpha=1.5"],
+        r"method\.alpha=1\.5: input should be less than or equal to 1",
+    ),
+    (
+        "lr-inf",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "optim.lr=inf"],
+        r"optim\.lr='inf': input should be a finite number",
+    ),
+    (
+        "lr-nan",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "optim.lr=.nan"],
+        r"optim\.lr=nan: input should be a finite number",
+    ),
+    (
+        "milestone-past-end",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "optim.epochs=5"],
+        r"optim\.milestones=\[8\] has epochs at or past optim\.epochs=5.*set milestones below 5",
+    ),
+    (
+        "drw-past-end",
+        [
+            "-m",
+            "twohead.cli",
+            "train",
+            "--preset",
+            "smoke",
+            "--out",
+            "o",
+            "--set",
+            "method.name=ldam_drw",
+            "--set",
+            "method.drw_epoch=10",
+        ],
+        r"method\.drw_epoch=10 is not before optim\.epochs=10: ldam_drw's deferred re-weighting would never start",
+    ),
+    (
+        "backbone",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "model.backbone=resnet7"],
+        r"model\.backbone='resnet7': unknown backbone; registered: .*resnet32",
+    ),
+    (
+        "dataset",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "data.dataset=svhn"],
+        r"data\.dataset='svhn': input should be 'cifar10-lt'",
+    ),
+    (
+        "unknown-key",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "method.uu=3"],
+        r"unknown config key 'method\.uu'; allowed method\.\* keys: name, u, alpha",
+    ),
+    (
+        "no-section",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "u20"],
+        r"override 'u20' must look like section\.key=value",
+    ),
+    (
+        "int-type",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "method.u=ten"],
+        r"method\.u='ten': input should be a valid integer",
+    ),
+    (
+        "inference-no-fbh",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "method.name=cdh_only", "--set", "model.inference=fbh"],
+        r"model\.inference=fbh needs the feature-balancing head",
+    ),
+    (
+        "device-cuda",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "optim.device=cuda"],
+        r"optim\.device='cuda' but no CUDA device is available; use optim\.device=cpu or auto",
+    ),
+    ("preset", ["-m", "twohead.cli", "train", "--preset", "nope", "--out", "o"], r"argument --preset: invalid choice: 'nope'"),
+    # twohead train: files and folders
+    (
+        "config-missing",
+        ["-m", "twohead.cli", "train", "--config", "missing.yaml", "--out", "o"],
+        r"config file 'missing\.yaml' does not exist",
+    ),
+    (
+        "config-broken",
+        ["-m", "twohead.cli", "train", "--config", "broken.yaml", "--out", "o"],
+        r"config file 'broken\.yaml' is not valid YAML",
+    ),
+    (
+        "config-broken-json",
+        ["-m", "twohead.cli", "train", "--config", "broken.json", "--out", "o"],
+        r"config file 'broken\.json' is not valid JSON",
+    ),
+    ("config-duplicate-key", ["-m", "twohead.cli", "train", "--config", "dup.yaml", "--out", "o"], r"duplicate key 'u'"),
+    (
+        "config-section",
+        ["-m", "twohead.cli", "train", "--config", "badsection.yaml", "--out", "o"],
+        r"section 'methods' is not one of data, model, method, optim, run",
+    ),
+    ("out-empty", ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", ""], r"run\.out='': string should have at least"),
+    (
+        "out-under-file",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "afile/runs"],
+        r"cannot be a run folder: .*afile is a file; choose another run\.name or out folder",
+    ),
+    (
+        "name-path",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--name", "../x"],
+        r"run\.name='\.\./x': must be a plain folder name",
+    ),
+    (
+        "data-root",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "data.root=nowhere"],
+        r"cifar10 train split not found: neither nowhere/cifar10/train\.parquet",
+    ),
+    (
+        "download-offline",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "data.root=dl", "--set", "data.download=true"],
+        r"could not download cifar10 into dl/cifar10 \(.*\); without network access, copy train\.parquet",
+    ),
+    (
+        "u-too-large",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "method.u=5000"],
+        r"class 0 has 4980 training samples but needs u_c=5000 non-empty clusters \(Eq\. 3 with u=5000\); lower method\.u",
+    ),
+    (
+        "feature-proj-none",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "model.feature_proj=none"],
+        r"model\.feature_proj=none needs D % C == 0, got D=64, C=10",
+    ),
+    (
+        "parquet-no-path",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "data.dataset=parquet"],
+        r"data\.path must name the parquet dataset location",
+    ),
+    (
+        "labels-mixed",
+        [
+            "-m",
+            "twohead.cli",
+            "train",
+            "--out",
+            "o",
+            "--set",
+            "data.dataset=parquet",
+            "--set",
+            "data.path=mixed",
+            "--set",
+            "data.val_per_class=0",
+        ],
+        r"the 'label' column holds strings in the training data .*train\.parquet but integers in the test data",
+    ),
+    # twohead eval / describe
+    ("eval-missing", ["-m", "twohead.cli", "eval", "norun"], r"no checkpoint at norun/checkpoint\.pt"),
+    ("eval-corrupt", ["-m", "twohead.cli", "eval", "corrupt.pt"], r"corrupt\.pt is not a readable checkpoint"),
+    (
+        "describe-u",
+        ["-m", "twohead.cli", "describe", "--preset", "cifar10-lt", "--set", "method.u=5000"],
+        r"needs u_c=5000 non-empty clusters .*lower method\.u",
+    ),
+    (
+        "describe-folder-empty",
+        ["-m", "twohead.cli", "describe", "--set", "data.dataset=folder", "--set", "data.path=emptydir"],
+        r"emptydir",
+    ),
+    # rayjobs.prepare
+    (
+        "prepare-name",
+        ["-m", "rayjobs.prepare", "--out", "ds", "--preset", "smoke", "--name", "../x"],
+        r"--name '\.\./x' must be a plain folder name",
+    ),
+    (
+        "prepare-rows",
+        ["-m", "rayjobs.prepare", "--out", "ds", "--preset", "smoke", "--rows-per-shard", "0"],
+        r"--rows-per-shard 0 must be an integer >= 1",
+    ),
+    (
+        "prepare-threads",
+        ["-m", "rayjobs.prepare", "--out", "ds", "--preset", "smoke", "--threads", "0"],
+        r"--threads 0 must be an integer >= 1",
+    ),
+    (
+        "prepare-seed",
+        ["-m", "rayjobs.prepare", "--out", "ds", "--preset", "smoke", "--shuffle-seed", "-1"],
+        r"--shuffle-seed -1 must be >= 0",
+    ),
+    (
+        "prepare-config",
+        ["-m", "rayjobs.prepare", "--out", "ds", "--set", "data.imbalance=0.5"],
+        r"data\.imbalance=0\.5: input should be greater than or equal to 1",
+    ),
+    # rayjobs.reproduce
+    ("reproduce-methods", ["-m", "rayjobs.reproduce", "--methods", "nope", "--dry-run"], r"--methods 'nope' is unknown"),
+    ("reproduce-seeds", ["-m", "rayjobs.reproduce", "--seeds", "a", "--dry-run"], r"--seeds 'a': 'a' is not valid"),
+    ("reproduce-empty-seeds", ["-m", "rayjobs.reproduce", "--seeds", ",", "--dry-run"], r"--seeds is empty"),
+    (
+        "reproduce-reserved",
+        ["-m", "rayjobs.reproduce", "--set", "method.name=ce", "--dry-run"],
+        r"--set method\.name is chosen by the plan",
+    ),
+    ("reproduce-epochs", ["-m", "rayjobs.reproduce", "--epochs", "0", "--dry-run"], r"--epochs 0 must be >= 1"),
+    ("reproduce-concurrent", ["-m", "rayjobs.reproduce", "--concurrent", "-1", "--dry-run"], r"--concurrent -1 must be >= 1"),
+    (
+        "reproduce-budget",
+        ["-m", "rayjobs.reproduce", "--time-budget", "-5", "--dry-run"],
+        r"--time-budget -5 must be a positive number of seconds",
+    ),
+    ("reproduce-table", ["-m", "rayjobs.reproduce", "--table", "nope"], r"argument --table: invalid choice: 'nope'"),
+    (
+        "reproduce-set",
+        ["-m", "rayjobs.reproduce", "--set", "optim.lr=-1", "--dry-run"],
+        r"optim\.lr=-1: input should be greater than 0",
+    ),
+    # rayjobs.bench
+    ("bench-backbone", ["-m", "rayjobs.bench", "--backbones", "resnet7"], r"model\.backbone='resnet7': unknown backbone"),
+    ("bench-steps", ["-m", "rayjobs.bench", "--steps", "-1"], r"--steps -1 must be >= 0"),
+    ("bench-method", ["-m", "rayjobs.bench", "--methods", "magic"], r"method\.name='magic': input should be 'ce'"),
+]
+
+
+def _inputs(d: Path) -> None:
+    """The inputs the cases refer to, relative to their working folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (d / "good.yaml").write_text(GOOD_YAML)
+    (d / "broken.yaml").write_text("method: {u: 3\n")
+    (d / "broken.json").write_text('{"method": {"u": 3}')
+    (d / "dup.yaml").write_text("method:\n  u: 3\n  u: 5\n")
+    (d / "badsection.yaml").write_text("methods: {u: 3}\n")
+    (d / "afile").write_text("not a folder")
+    (d / "corrupt.pt").write_bytes(b"\x80\x02 not a checkpoint")
+    (d / "norun").mkdir()
+    (d / "emptydir").mkdir()
+    (d / "mixed").mkdir()
+    png = _png_bytes()
+    for split, labels in (("train", ["cat", "dog"] * 4), ("test", [0, 1] * 2)):
+        pq.write_table(pa.table({"image": [png] * len(labels), "label": labels}), d / "mixed" / f"{split}.parquet")
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _snapshot(d: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(d)): (hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir") for p in sorted(d.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("argv,pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, data_root, argv, pattern):
+    _inputs(tmp_path)
+    before = _snapshot(tmp_path)
+    env = {
+        **os.environ,
+        "TQDM_DISABLE": "1",
+        # no network for the download case: every HTTP(S) request goes to a closed local port
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+    }
+    r = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    err = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert len(err) == 1, r.stderr[-2000:]  # argparse's usage line aside, exactly one line
+    assert re.search(pattern, err[0]), err[0]
+    assert _snapshot(tmp_path) == before  # nothing written, nothing changed
+
+
+def test_the_table_covers_every_command():
+    commands = {c[1][1] if c[1][0] == "-m" else c[1][0] for c in CASES}
+    assert {"twohead.cli", "rayjobs.prepare", "rayjobs.reproduce", "rayjobs.bench"} <= commands
+    assert len(CASES) >= 40
