@@ -14,14 +14,13 @@ index order), as the x-axis of the paper's Fig. 3, and mark the many / medium / 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from twohead import atomic
 from twohead.metrics import FEW_THRESHOLD, MANY_THRESHOLD
 
 if TYPE_CHECKING:
@@ -53,15 +52,8 @@ def _new_figure(size: tuple[float, float], dpi: int) -> Figure:
 def _save(fig: Figure, path: str | Path) -> Path:
     """Render ``fig`` to ``path`` as PNG atomically (temp file in the same folder + ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=fig.dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
     return path
 
 

@@ -22,13 +22,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from twohead import atomic
 from twohead.data.types import DataError
 
 __all__ = [
@@ -127,13 +127,11 @@ def _cache_store(path: Path | None, arr: np.ndarray) -> None:
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target and rename: a concurrent reader never sees a half-written array.
-        fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache holds public pixels
-        os.replace(tmp, path)
+        # Atomic: a concurrent reader never sees a half-written array.
+        with atomic.atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache holds public pixels
     except OSError as e:
         log.warning("could not write decode cache %s: %s", path, e)
 
