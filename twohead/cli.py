@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -41,12 +42,44 @@ def _load(args) -> TrainConfig:
     return apply_overrides(cfg, given) if given else cfg
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the run stops between two statements and says where it can resume."""
+
+    signum = signal.SIGTERM
+
+
+def _stop(signum, _frame):
+    raise _Stopped()
+
+
+def _resume_point(out: Path, cfg: TrainConfig) -> str:
+    """Which epoch a rerun resumes from, read from the history the loop wrote (no checkpoint is loaded)."""
+    try:
+        lines = (out / "history.jsonl").read_text().splitlines()
+        done = json.loads(lines[-1])["epoch"] if lines else 0
+    except (OSError, ValueError, KeyError):
+        done = 0
+    saved = done if done == cfg.optim.epochs else done - done % cfg.run.checkpoint_every
+    return f"from epoch {saved} (the last checkpoint)" if saved else "from the start (no checkpoint was written yet)"
+
+
 def cmd_train(args) -> int:
     from .loop import fit
 
     cfg = _load(args)
-    result = fit(cfg)
     out = Path(cfg.run.out) / cfg.run_name()
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        result = fit(cfg)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(
+            f"twohead: {signal.Signals(signum).name}: stopped {out}; rerun the same command to resume {_resume_point(out, cfg)}",
+            file=sys.stderr,
+        )
+        return 128 + int(signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(
         json.dumps(
             {k: result[k] for k in ("top1", "many", "medium", "few")}
@@ -142,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .data import DataError
     from .division import DivisionError
-    from .runs import CheckpointError, RunExistsError
+    from .runs import CheckpointError, CheckpointWriteError, RunExistsError
 
     try:
         return args.func(args)
+    except CheckpointWriteError as e:  # the machine, not the input: exit 1
+        print(f"twohead: error: {e}", file=sys.stderr)
+        return 1
     except (ConfigError, DataError, DivisionError, RunExistsError, CheckpointError) as e:
         print(f"twohead: error: {e}", file=sys.stderr)
         return 2

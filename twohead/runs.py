@@ -33,6 +33,7 @@ __all__ = [
     "write_metrics",
     "load_checkpoint",
     "CheckpointError",
+    "CheckpointWriteError",
     "write_failure",
 ]
 
@@ -43,6 +44,10 @@ class RunExistsError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not a twohead checkpoint."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, read-only folder, ...): the machine, not the input."""
 
 
 class Reporter(Protocol):
@@ -107,7 +112,7 @@ class LocalReporter:
                 if self.path.is_file():  # keep the last good checkpoint until the new one is in place
                     self.path.replace(self.prev)
         except OSError as e:
-            raise CheckpointError(
+            raise CheckpointWriteError(
                 f"could not write the checkpoint {self.path}: {write_failure(e, self.path.parent)}; the previous "
                 "checkpoint (if any) is intact: free space and rerun the same command to resume from it"
             ) from None

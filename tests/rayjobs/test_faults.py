@@ -1,0 +1,23 @@
+"""The fault matrix (rayjobs.faults) against real runs: every fault leaves finished work intact and a rerun ends
+with the result of an uninterrupted run."""
+
+from __future__ import annotations
+
+import pytest
+
+from rayjobs import faults
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, data_root):
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.mark.parametrize("name", list(faults.SCENARIOS))
+def test_fault_loses_nothing_finished(work, name):
+    (row,) = faults.run_scenarios([name], work)
+    assert row.ok, row
+    assert row.data_lost == 0 and row.trials_lost == 0, row
+    assert row.epochs_lost <= 1, row  # at most the epoch in progress (checkpoints every epoch here)
