@@ -2,7 +2,7 @@
 
 Ray is started lazily (only tests that ask for ``ray_head`` / ``ray_session`` pay for it) as a real
 ``ray start --head --block`` from this venv, dashboard on (the Jobs API and Tune+Train+ASHA need it,
-see shared/notes/ray-2.60.md), and stopped with SIGTERM at the end of the session.
+see the README's cluster notes), and stopped with SIGTERM at the end of the session.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def ray_head(s3_server, data_root) -> RayHead:
     """A real local head (`ray start --head --block`) with the dashboard, this venv first on PATH.
 
     It inherits the S3 endpoint and data root from the environment, so jobs and workers reach the
-    moto server and ../shared/data like a user's cluster reaches S3.
+    moto server and $TWOHEAD_DATA like a user's cluster reaches S3.
     """
     temp_dir = tempfile.mkdtemp(prefix="thray", dir="/tmp")  # short: Ray's socket paths are limited
     port, dash, agent = free_port(), free_port(), free_port()

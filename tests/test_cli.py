@@ -1,4 +1,4 @@
-"""The `twohead` CLI end to end on real CIFAR-10 from ../shared/data (the smoke preset), plus bad input."""
+"""The `twohead` CLI end to end on real CIFAR-10 from $TWOHEAD_DATA (the smoke preset), plus bad input."""
 
 from __future__ import annotations
 

@@ -440,7 +440,7 @@ def test_sigterm_stops_runs_and_keeps_the_report(tmp_path, data_root):
     assert "Cut short: ce-imb100-s0" in md and _row(md, "CE")[1] == "cut"
 
 
-# ------------------------------------------------------------------------------------------------ carry
+# ------------------------------------------------------------------------------------------------ pack
 def test_pack_keeps_only_what_the_runs_read_and_draws_the_same_lt_subsets(tmp_path, data_root, capsys):
     import pyarrow.parquet as pq
 
