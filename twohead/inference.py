@@ -28,6 +28,7 @@ import torch
 
 from .augment import normalize
 from .config import ALIASES, SECTIONS, ConfigError, TrainConfig, apply_overrides
+from .data.inputs import read_images
 from .data.types import DataError
 from .runs import CheckpointError, load_checkpoint
 
@@ -37,7 +38,6 @@ __all__ = ["load", "Classifier", "Prediction", "INFERENCE_KEYS", "MODEL_KEYS"]
 INFERENCE_KEYS = ("class_names", "mean", "std", "image_size")
 # Config keys that decide the weights' shapes or the K-to-C map: an evaluation of a trained model cannot change them.
 MODEL_KEYS = ("method.name", "method.u", "method.rounding", "model.backbone", "model.fbh_kernel", "model.feature_proj")
-_HINT = "expected uint8 RGB pixels shaped H x W x 3 (one image) or N x H x W x 3"
 
 
 @dataclass(frozen=True)
@@ -218,66 +218,15 @@ class Classifier:
         )
 
     # ---- images in ---------------------------------------------------------------------------------------------
-    def _items(self, images: Any, where: str = "the input") -> Iterator[tuple[str | None, torch.Tensor]]:
-        """(source file or None, uint8 [3, S, S]) per image, in input order; files are decoded as they are reached."""
-        from PIL import Image
-
-        if isinstance(images, (str, os.PathLike)):
-            yield from self._path_items(Path(images))
-        elif isinstance(images, np.ndarray):
-            yield from ((None, self._fit(img)) for img in _image_batch(images, where))
-        elif isinstance(images, Image.Image):
-            yield None, self._fit(torch.from_numpy(np.asarray(images.convert("RGB")).copy()).permute(2, 0, 1))
-        elif isinstance(images, (list, tuple)):
-            for i, item in enumerate(images):
-                yield from self._items(item, f"item {i} of the input")
-        else:
-            raise DataError(
-                f"cannot read {where} ({type(images).__name__}) as images; pass uint8 H x W x 3 arrays, PIL images, "
-                "image files or folders (or a list of them)"
-            )
-
-    def _path_items(self, path: Path) -> Iterator[tuple[str | None, torch.Tensor]]:
-        from .data.sources import decode_bytes
-
-        if path.is_dir():
-            files = _image_files(path)
-            if not files:
-                raise DataError(f"no images under {path} (looked for {', '.join(_extensions())} files, recursively)")
-        elif path.is_file():
-            files = [path]
-        else:
-            raise DataError(f"image path {path} does not exist")
-        for f in files:
-            if f.suffix.lower() == ".npy":
-                try:
-                    arr = np.load(f, allow_pickle=False)
-                except (OSError, ValueError) as e:
-                    raise DataError(f"cannot read the array file {f}: {e}") from None
-                batch = _image_batch(arr, str(f))
-                for i, img in enumerate(batch):
-                    yield (f"{f}[{i}]" if arr.ndim == 4 else str(f)), self._fit(img)
-                continue
-            try:
-                img = decode_bytes(f.read_bytes())
-            except OSError as e:
-                raise DataError(f"cannot read the image file {f}: {e.strerror or e}") from None
-            except ValueError:
-                raise DataError(f"cannot decode the image file {f}: corrupt, truncated or not an image format") from None
-            yield str(f), self._fit(img)
-
-    def _fit(self, img: torch.Tensor) -> torch.Tensor:
-        return self._transform(img)
-
     def _batches(self, images: Any, batch_size: int | None) -> Iterator[tuple[list[str | None], torch.Tensor]]:
         size = batch_size or (1024 if self.device.type == "cuda" else 128)  # evaluation's batch sizes
         if size < 1:
             raise ConfigError(f"batch_size={size} must be >= 1")
         files: list[str | None] = []
         pixels: list[torch.Tensor] = []
-        for f, img in self._items(images):
+        for f, img in read_images(images):
             files.append(f)
-            pixels.append(img)
+            pixels.append(self._transform(img))
             if len(pixels) == size:
                 yield files, torch.stack(pixels)
                 files, pixels = [], []
@@ -431,24 +380,3 @@ class Classifier:
         from .export import export
 
         return export(self, path, format, **kw)
-
-
-def _extensions() -> tuple[str, ...]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS  # the listing folder datasets use
-
-    return (*IMG_EXTENSIONS, ".npy")
-
-
-def _image_files(folder: Path) -> list[Path]:
-    exts = _extensions()
-    return sorted((p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file()), key=str)
-
-
-def _image_batch(arr: np.ndarray, where: str) -> Iterator[torch.Tensor]:
-    """uint8 [3, H, W] views of an H x W x 3 image or an N x H x W x 3 batch; :class:`DataError` otherwise."""
-    if arr.dtype != np.uint8:
-        raise DataError(f"{where} has dtype {arr.dtype}; {_HINT}")
-    if arr.ndim not in (3, 4) or arr.shape[-1] != 3 or min(arr.shape[-3:-1], default=0) < 1:
-        raise DataError(f"{where} has shape {tuple(arr.shape)}; {_HINT} (convert grey or RGBA images to RGB first)")
-    batch = torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 4 else arr[None]))
-    return (img.permute(2, 0, 1) for img in batch)
