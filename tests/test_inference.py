@@ -330,6 +330,7 @@ def bad_inputs(run: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     np.save(tmp / "float.npy", np.zeros((2, 32, 32, 3), np.float32))
     (tmp / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     (tmp / "a_file").write_text("x")
+    four = write_folder(tmp / "four", (32, 32), test_per_class=1, classes=COLOURS | {"white": (230, 230, 230)})
     r, t = str(run), str(tmp)
     return {
         "missing run": (["predict", f"{t}/nope", str(image)], f"{t}/nope does not exist; pass a run folder"),
@@ -346,6 +347,10 @@ def bad_inputs(run: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "bad device": (["predict", r, str(image), "--device", "cuda:x"], "device='cuda:x' must be auto, cpu, cuda or cuda:N"),
         "eval with another u": (["eval", r, "--set", "method.u=5"], "method.u=5 does not match the checkpoint"),
         "eval with another backbone": (["eval", r, "--set", "model.backbone=resnet20"], "trained with model.backbone=resnet8"),
+        "eval on data with other classes": (
+            ["eval", r, "--set", f"data.path={four}"],
+            f"the checkpoint {r}/checkpoint.pt classifies 3 classes but the data folder:four has 4",
+        ),
         "eval on other training counts": (
             ["eval", r, "--set", "data.val_per_class=0"],
             "was trained on 38 images of class 0 (blue) but the data folder:data has 40",
