@@ -4,7 +4,8 @@ Two tiny runs are trained here on an image-folder dataset the tests write themse
 long-tailed): 32 px images decoded into memory, and 72 px ones streamed from files (the ImageNet-style eval crop).
 Expected predictions come from an independent forward pass: the checkpoint's weights in a fresh model,
 normalisation in numpy, and the max reading spelled out as "the class of the best cluster".
-The slow test does the same on the real smoke preset (CIFAR-10-LT from $TWOHEAD_DATA).
+The slow test does the same on the real smoke preset (CIFAR-10-LT from $TWOHEAD_DATA). One module past ~400 lines
+because every test shares the two trained runs (module-scoped fixtures): split up, each part would train them again.
 """
 
 from __future__ import annotations
