@@ -174,7 +174,7 @@ CASES: list[tuple[str, list[str], str]] = [
         r"the 'label' column holds strings in the training data .*train\.parquet but integers in the test data",
     ),
     # twohead eval / describe
-    ("eval-missing", ["-m", "twohead.cli", "eval", "norun"], r"no checkpoint at norun/checkpoint\.pt"),
+    ("eval-missing", ["-m", "twohead.cli", "eval", "norun"], r"run folder norun holds no checkpoint\.pt"),
     ("eval-corrupt", ["-m", "twohead.cli", "eval", "corrupt.pt"], r"corrupt\.pt is not a readable checkpoint"),
     (
         "describe-u",
@@ -185,6 +185,14 @@ CASES: list[tuple[str, list[str], str]] = [
         "describe-folder-empty",
         ["-m", "twohead.cli", "describe", "--set", "data.dataset=folder", "--set", "data.path=emptydir"],
         r"emptydir",
+    ),
+    # twohead predict / export
+    ("predict-missing-run", ["-m", "twohead.cli", "predict", "norun", "emptydir"], r"run folder norun holds no checkpoint\.pt"),
+    ("predict-corrupt", ["-m", "twohead.cli", "predict", "corrupt.pt", "emptydir"], r"corrupt\.pt is not a readable checkpoint"),
+    (
+        "export-corrupt",
+        ["-m", "twohead.cli", "export", "corrupt.pt", "--out", "m.onnx"],
+        r"corrupt\.pt is not a readable checkpoint",
     ),
     # rayjobs.prepare
     (

@@ -5,6 +5,8 @@
     >>> metrics = twohead.fit(cfg)            # the one training loop
     >>> twohead.clusters_per_class([5000, 500, 50], u=10)   # Eq. 3
     [10, 2, 1]
+    >>> clf = twohead.load("runs/smoke")      # a trained run: predict images, re-evaluate, export
+    >>> clf.predict("photos/").names
 
 Heavy modules (torch models, data, the loop) are imported on first use; Ray is never imported here.
 """
@@ -28,6 +30,9 @@ _LAZY = {
     "build_criterion": "twohead.losses",
     "build_data": "twohead.data",
     "classification_report": "twohead.metrics",
+    "load": "twohead.inference",
+    "Classifier": "twohead.inference",
+    "Prediction": "twohead.inference",
 }
 
 __all__ = [
@@ -53,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover - the lazy names, for type checkers and ID
     from .backbones import create_backbone  # noqa: F401
     from .data import build_data  # noqa: F401
     from .evaluation import evaluate  # noqa: F401
+    from .inference import Classifier, Prediction, load  # noqa: F401
     from .loop import fit  # noqa: F401
     from .losses import build_criterion  # noqa: F401
     from .metrics import classification_report  # noqa: F401

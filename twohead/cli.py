@@ -1,10 +1,12 @@
-"""``twohead`` command line: train, eval, describe.
+"""``twohead`` command line: train, eval, predict, export, describe.
 
-    twohead train  [--config FILE.yaml] [--preset NAME] [--set section.key=value ...] [--out DIR]
-    twohead eval   RUN_DIR_OR_CHECKPOINT [--split test|val] [--set ...]
+    twohead train    [--config FILE.yaml] [--preset NAME] [--set section.key=value ...] [--out DIR]
+    twohead eval     RUN_DIR_OR_CHECKPOINT [--split test|val] [--set ...]
+    twohead predict  RUN_DIR_OR_CHECKPOINT IMAGES... [--top-k K] [--json]
+    twohead export   RUN_DIR_OR_CHECKPOINT [--format torchscript|onnx] [--out FILE]
     twohead describe [--config FILE.yaml] [--preset NAME] [--set ...]
 
-Config errors exit with status 2 and one line naming the field, its value and the allowed range.
+Bad input (config, data, checkpoint, images) exits with status 2 and one line naming it and what is allowed.
 """
 
 from __future__ import annotations
@@ -90,28 +92,50 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .data import build_data
-    from .evaluation import evaluate
-    from .model import create_model
-    from .runs import load_checkpoint
-    from .runtime import resolve_device
+    from .inference import load
 
-    path = Path(args.run)
-    state = load_checkpoint(path / "checkpoint.pt" if path.is_dir() else path)
-    cfg = TrainConfig.from_dict(state["config"])
-    if args.overrides:
-        cfg = apply_overrides(cfg, args.overrides)
-    cfg.validate()
-    data = build_data(cfg.data)
-    device = resolve_device(cfg)
-    model = create_model(cfg, state["class_counts"], cfg.data.image_size or data.image_size).to(device)
-    model.load_state_dict(state["model"])
-    split = {"test": data.test, "val": data.val}[args.split]
-    if split is None:
-        raise ConfigError(f"the dataset has no {args.split} split (data.val_per_class=0?)")
-    report = evaluate(model, split, data, cfg, device)
+    device = args.device or next((v for k, v in _pairs(args.overrides) if k == "optim.device"), "auto")
+    report = load(args.run, device=device, reading=args.reading).eval_split(args.split, overrides=args.overrides)
     report.pop("confusion", None)
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def _pairs(overrides: list[str]) -> list[tuple[str, str]]:
+    return [(k.strip(), v.strip()) for k, _, v in (o.partition("=") for o in overrides)]
+
+
+def cmd_predict(args) -> int:
+    from .inference import load
+
+    clf = load(args.run, device=args.device or "auto", reading=args.reading)
+    if not 1 <= args.top_k <= clf.num_classes:
+        raise ConfigError(f"--top-k {args.top_k} must be between 1 and {clf.num_classes} (the model's classes)")
+    pred = clf.predict(args.images, batch_size=args.batch_size)
+    ids, probs = pred.top_k(args.top_k)
+    for i, f in enumerate(pred.files):
+        top = [(int(c), clf.class_names[c], float(p)) for c, p in zip(ids[i], probs[i])]
+        if args.json:
+            line = {"file": f, "class": top[0][0], "name": top[0][1], "prob": top[0][2]}
+            if args.top_k > 1:
+                line["top_k"] = [{"class": c, "name": n, "prob": p} for c, n, p in top]
+            print(json.dumps(line))
+        else:
+            print("\t".join([str(f), *(f"{n}\t{p:.4f}" for _, n, p in top)]))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import SUFFIXES, export, input_layout
+    from .inference import load
+
+    clf = load(args.run, device="cpu")
+    out = Path(args.out) if args.out else clf.path.parent / f"model{SUFFIXES[args.format]}"
+    export(clf, out, args.format, input=args.input, overwrite=args.force)
+    layout = input_layout(args.input, clf.image_size)
+    print(
+        json.dumps({"file": str(out), "format": args.format, "input": layout, "output": f"probabilities [N, {clf.num_classes}]"})
+    )
     return 0
 
 
@@ -156,6 +180,11 @@ def _lr_epochs(cfg: TrainConfig) -> list[int]:
     return sorted(e for e in marks if 0 <= e < o.epochs)
 
 
+def _inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--reading", choices=("max", "sum", "fuse", "fbh"), help="K-to-C reading (default: the run's model.inference)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="twohead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -163,11 +192,40 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train one model (single process)")
     _config_args(p)
     p.set_defaults(func=cmd_train)
+    run_help = "run folder (holding checkpoint.pt) or a checkpoint file"
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint")
-    p.add_argument("run", help="run folder (holding checkpoint.pt) or a checkpoint file")
+    p.add_argument("run", help=run_help)
     p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="how to read the data, e.g. --set data.root=DIR --set data.eval_fraction=0.2 (not the model's keys)",
+    )
+    _inference_args(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("predict", help="classify images with a trained run: one line per image (file, class, probability)")
+    p.add_argument("run", help=run_help)
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or .npy uint8 N x H x W x 3 arrays")
+    p.add_argument("--top-k", type=int, default=1, metavar="K", help="print the K most probable classes (default 1)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line: file, class, name, prob (and top_k)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N")
+    _inference_args(p)
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="write a run's model as a TorchScript or ONNX C-way classifier (probabilities out)")
+    p.add_argument("run", help=run_help)
+    p.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    p.add_argument("--out", help="output file (default: model.pt / model.onnx in the run folder)")
+    p.add_argument(
+        "--input",
+        choices=("uint8", "float"),
+        default="uint8",
+        help="uint8 [N, S, S, 3] (default) or float [N, 3, S, S] in [0, 1]",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("describe", help="print the LT class counts and u_c per class (Eq. 3) of a config")
     _config_args(p)
     p.set_defaults(func=cmd_describe)
@@ -175,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .data import DataError
     from .division import DivisionError
+    from .export import ExportError
     from .runs import CheckpointError, CheckpointWriteError, RunExistsError
 
     try:
@@ -182,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointWriteError as e:  # the machine, not the input: exit 1
         print(f"twohead: error: {e}", file=sys.stderr)
         return 1
-    except (ConfigError, DataError, DivisionError, RunExistsError, CheckpointError) as e:
+    except (ConfigError, DataError, DivisionError, RunExistsError, CheckpointError, ExportError) as e:
         print(f"twohead: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine, not the input: a full disk, a read-only or vanished folder

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augment import normalize, to_nchw
 from .config import ConfigError, TrainConfig
 from .division import DivisionPlan, assign_clusters, pixel_embedding
 
@@ -55,27 +54,16 @@ def _embedding(cfg: TrainConfig, data, device: torch.device) -> np.ndarray:
 
 def checkpoint_features(path: str, data, device: torch.device) -> np.ndarray:
     """Pooled backbone features of the training images from a trained twohead checkpoint (an embedding for
-    k-means / hierarchical division that reflects what a network finds similar)."""
-    from .evaluation import eval_batches
-    from .model import create_model
-    from .runs import CheckpointError, load_checkpoint
+    k-means / hierarchical division that reflects what a network finds similar), read through
+    :func:`twohead.load`: the checkpoint's own resolution, normalisation and test-time resize."""
+    from .inference import load
+    from .runs import CheckpointError
 
     if not Path(path).is_file():
         raise ConfigError(f"method.embedding=checkpoint:{path}: file does not exist")
     try:
-        state = load_checkpoint(path)
+        clf = load(path, device=device)
     except CheckpointError as e:
         raise ConfigError(f"method.embedding=checkpoint:{path}: {e}") from None
-    src = TrainConfig.from_dict(state["config"])
-    size = src.data.image_size or int(data.image_size)
-    model = create_model(src, state["class_counts"], size).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    feats = []
-    with torch.no_grad():
-        for x in eval_batches(data.train, size, 512):
-            x = to_nchw(x.to(device))
-            if x.dtype == torch.uint8:
-                x = normalize(x, data.mean, data.std, False)
-            feats.append(model.features(x).float().cpu())
-    return torch.cat(feats).numpy()
+    train = data.train
+    return clf.features(train.images if train.images is not None else train.files, batch_size=512)

@@ -1,5 +1,6 @@
 """Pixels for the training loop: :func:`load_images` (any split, any indices) and :class:`FileDataset`
-(the DataLoader path for file-backed splits such as ImageNet-LT).
+(the DataLoader path for file-backed splits such as ImageNet-LT); :func:`test_transform` is how one test image
+reaches the model's resolution (evaluation and :func:`twohead.load`'s ``predict`` share it).
 
 :class:`FileDataset` yields ``(uint8 [3, S, S], label, position)``: augmentation happens here (ImageNet
 recipe: RandomResizedCrop + horizontal flip for training; resize to S/0.875 + center crop for evaluation), while
@@ -10,16 +11,21 @@ normalisation with ``LTData.mean/std`` is left to the loop, on the device, exact
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset, default_collate
 
-from twohead.data.sources import ArraySource, FileSource, decode_bytes
+from twohead.config import DataConfig
+from twohead.data.files import IN_MEMORY_MAX_SIDE
+from twohead.data.sources import ArraySource, FileSource, decode_bytes, fit_size
 from twohead.data.types import DataError, Split
 
-__all__ = ["load_images", "FileDataset", "collate_skip_corrupt"]
+__all__ = ["load_images", "FileDataset", "collate_skip_corrupt", "eval_transform", "test_transform", "file_backed"]
+
+# Datasets whose splits are always file-backed (the ImageNet-LT reader; the stand-in is planned by it too).
+_FILE_BACKED_DATASETS = ("imagenet-lt", "imagenet-lt-standin")
 
 log = logging.getLogger("twohead.data")
 
@@ -41,6 +47,29 @@ def load_images(split: Split, indices: Sequence[int] | np.ndarray, size: int | N
         raise DataError("load_images on a file-backed split needs size (the split has no image_size)")
     out, _ = FileSource(split.files or []).decode(idx, size, skip_corrupt=False, cache=False)
     return out
+
+
+def eval_transform(size: int):
+    """The evaluation crop of file-backed data: resize the shorter side to ``size / 0.875``, centre-crop ``size``
+    (the standard ImageNet eval crop, 256 -> 224). Takes and returns uint8 ``[3, H, W]`` tensors."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(int(round(size / 0.875)), antialias=True), v2.CenterCrop(size)])
+
+
+def file_backed(cfg: DataConfig, image_size: int) -> bool:
+    """Whether ``build_data(cfg)`` streams its splits from files at ``image_size`` (the rule of the plans:
+    ImageNet-LT and its stand-in always, image folders above ``IN_MEMORY_MAX_SIDE``), decided without the data."""
+    return cfg.dataset in _FILE_BACKED_DATASETS or (cfg.dataset == "folder" and image_size > IN_MEMORY_MAX_SIDE)
+
+
+def test_transform(cfg: DataConfig, image_size: int) -> Callable:
+    """uint8 ``[3, H, W]`` -> uint8 ``[3, S, S]`` exactly as a test image of this data reaches the model: file-backed
+    data through :func:`eval_transform` (as :class:`FileDataset` evaluates it), in-memory data as it was decoded
+    (:func:`~twohead.data.sources.fit_size`: shorter side to S, centre crop; an S x S image keeps its pixels)."""
+    if file_backed(cfg, image_size):
+        return eval_transform(image_size)
+    return lambda img: fit_size(img, image_size)
 
 
 class FileDataset(Dataset):
@@ -65,8 +94,7 @@ class FileDataset(Dataset):
         if train:
             self.transform = v2.Compose([v2.RandomResizedCrop(self.size, antialias=True), v2.RandomHorizontalFlip()])
         else:
-            # The standard ImageNet eval crop: 256 -> 224 is a ratio of 0.875.
-            self.transform = v2.Compose([v2.Resize(int(round(self.size / 0.875)), antialias=True), v2.CenterCrop(self.size)])
+            self.transform = eval_transform(self.size)
 
     def __len__(self) -> int:
         return len(self.files)
