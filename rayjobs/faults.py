@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from twohead.runs import load_checkpoint
+from twohead.runs import LocalReporter
 
 __all__ = ["Outcome", "SCENARIOS", "run_scenarios", "main"]
 
@@ -54,7 +54,7 @@ class Outcome:
     where: str  # the command and the moment it hit
     outcome: str  # what the user saw, and what the rerun did
     epochs_lost: int  # epochs trained again because of the fault
-    trials_lost: int  # finished search trials lost (0 where no search is involved)
+    trials_lost: int | None  # finished search trials lost (None: no search involved)
     data_lost: int  # finished results (checkpoints, metrics, shards) lost or corrupted
     ok: bool  # the rerun finished with the same result as an uninterrupted run
 
@@ -64,7 +64,7 @@ class Outcome:
             self.where,
             self.outcome,
             self.epochs_lost,
-            self.trials_lost,
+            "-" if self.trials_lost is None else self.trials_lost,
             self.data_lost,
             "yes" if self.ok else "NO",
         ]
@@ -95,6 +95,12 @@ def _wait_for_epoch(run_parent: Path, epoch: int, proc: subprocess.Popen, timeou
     raise TimeoutError(f"no epoch {epoch} within {timeout:.0f} s")
 
 
+def _saved_epoch(run: Path) -> int:
+    """The epoch a rerun resumes from (the newest readable checkpoint), 0 without one."""
+    state = LocalReporter(run).peek()
+    return int(state["epoch"]) if state else 0
+
+
 def _reference(work: Path) -> dict:
     """The uninterrupted run every scenario compares with (trained once per process)."""
     if not hasattr(_reference, "cache"):
@@ -123,9 +129,7 @@ def kill_run(sig: signal.Signals) -> Callable[[Path], Outcome]:
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=300)
         trained = len(_history(run))
-        saved = max(
-            (load_checkpoint(p)["epoch"] for p in (run / "checkpoint.pt", run / "checkpoint.prev.pt") if p.is_file()), default=0
-        )
+        saved = _saved_epoch(run)
         r = subprocess.run(_train(out), capture_output=True, text=True, env=_env(), timeout=1800)
         hist = _history(run)
         metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
@@ -135,7 +139,7 @@ def kill_run(sig: signal.Signals) -> Callable[[Path], Outcome]:
             where="`twohead train`, after epoch 2 of 4",
             outcome=f"exit {proc.returncode}, said {_said(err, work)}; the rerun resumed from epoch {saved}",
             epochs_lost=trained - saved,
-            trials_lost=0,
+            trials_lost=None,
             data_lost=0 if same else 1,
             ok=same,
         )
@@ -169,7 +173,7 @@ def full_disk(work: Path) -> Outcome:
         first = subprocess.run(_train(out), capture_output=True, text=True, env=_env(), timeout=1800, preexec_fn=limit)
         (run,) = out.glob("*")
         leftovers = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
-        saved = len(_history(run)) - 1  # the epoch whose checkpoint failed is the one to train again
+        trained, saved = len(_history(run)), _saved_epoch(run)
         if tmpfs:
             subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
         second = subprocess.run(_train(out), capture_output=True, text=True, env=_env(), timeout=1800)
@@ -180,8 +184,8 @@ def full_disk(work: Path) -> Outcome:
             where=f"`twohead train`, writing the epoch-{saved + 1} checkpoint",
             outcome=f"exit {first.returncode}, said {_said(first.stderr, work)}; after freeing space the rerun "
             f"resumed from epoch {saved}",
-            epochs_lost=1,
-            trials_lost=0,
+            epochs_lost=trained - saved,
+            trials_lost=None,
             data_lost=0 if same else 1,
             ok=same,
         )

@@ -43,7 +43,7 @@ def test_overrides_are_typed_and_aliases_work():
             {"method.clustering": "spectral"},
             r"^method.clustering='spectral': input should be 'random', 'kmeans' or 'hierarchical'$",
         ),
-        ({"optim.milestones": [160, 120]}, r"^optim.milestones=\[160, 120\]: must be increasing epochs$"),
+        ({"optim.milestones": [160, 120]}, r"^optim.milestones=\[160, 120\]: must be strictly increasing epochs$"),
         ({"optim.lr": float("inf")}, r"^optim.lr=inf: input should be a finite number$"),
         ({"optim.lr": float("nan")}, r"^optim.lr=nan: input should be a finite number$"),
         ({"model.fbh_kernel": 4}, r"^model.fbh_kernel=4: must be odd"),
@@ -51,6 +51,16 @@ def test_overrides_are_typed_and_aliases_work():
         ({"run.out": "  "}, r"^run.out='  ': must name a results folder$"),
         ({"run.name": "../x"}, r"^run.name='../x': must be a plain folder name$"),
         ({"method.cluster_seed": -1}, r"^method.cluster_seed=-1: input should be greater than or equal to 0$"),
+        ({"optim.milestones": [120, 120]}, r"^optim.milestones=\[120, 120\]: must be strictly increasing epochs$"),
+        ({"method.u": True}, r"^method.u=True: a number is needed, not true/false$"),
+        ({"optim.lr": True}, r"^optim.lr=True: a number is needed, not true/false$"),
+        ({"data.lt_seed": -1}, r"^data.lt_seed=-1: input should be greater than or equal to 0$"),
+        ({"optim.milestones": [3, 120]}, r"^optim.milestones=\[3, 120\] has epochs inside the 5-epoch warm-up"),
+        (
+            {"model.inference": "fuse", "method.lam": 0},
+            r"^model.inference=fuse reads the feature-balancing head, which "
+            r"method.lam=0 leaves untrained",
+        ),
         # Rules across fields: a schedule that never reaches its milestones, re-weighting that never starts.
         (
             {"optim.epochs": 10},
@@ -137,3 +147,17 @@ def test_malformed_config_files_are_one_line_errors(tmp_path, name, text, match)
 def test_every_preset_validates():
     for name in PRESETS:
         load_config(preset=name)
+
+
+def test_text_fields_keep_the_text_as_written():
+    assert apply_overrides(TrainConfig(), ["run.name=001"]).run.name == "001"
+    assert apply_overrides(TrainConfig(), {"run.name": 2024}).run.name == "2024"  # a YAML number for a text field
+    assert apply_overrides(TrainConfig(), ["data.dataset=parquet", "data.path=123"]).data.path == "123"
+
+
+def test_where_data_comes_from_is_not_part_of_a_runs_identity():
+    from twohead.config import result_identity
+
+    a = apply_overrides(TrainConfig(), {"data.download": True, "data.root": "/a", "optim.device": "cpu"})
+    assert result_identity(a.to_dict()) == result_identity(TrainConfig().to_dict())
+    assert result_identity(apply_overrides(a, {"method.u": 3}).to_dict()) != result_identity(a.to_dict())

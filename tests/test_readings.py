@@ -31,42 +31,44 @@ def hand_model(inference="max") -> TwoHeadModel:
     model = TwoHeadModel(PassThrough(), DivisionPlan((2, 1)), fbh=True, fbh_kernel=1, inference=inference)
     with torch.no_grad():
         model.cdh.fc.weight.copy_(torch.tensor([[2.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]))  # row norms 2, 1, 1
-        model.cdh.fc.bias.zero_()
+        model.cdh.fc.bias.copy_(torch.tensor([0.2, -0.4, 0.5]))  # tau-normalisation must drop it
         model.fbh.conv.weight.copy_(torch.tensor([[0.0], [0.0], [0.0], [1.0]]).view(2, 2, 1, 1))
     return model.eval()
 
 
-# Sample A: cluster logits [2, 2, 2.5], FBH logits [0, 1].  Sample B: cluster logits [3.5, 0, 2], FBH [0, -2].
-X = torch.tensor([[1.0, 2.0, 2.5, 1.0], [1.75, 0.0, 2.0, -2.0]])
+# Sample A: cluster logits [2, 2, 2.5], FBH logits [0, 1].  Sample B: cluster logits [3.6, 0, 2], FBH [0, -2].
+# Inputs solved for those logits through the rows (2, 1, 1 on features 0, 1, 2) and the bias (0.2, -0.4, 0.5).
+X = torch.tensor([[0.9, 2.4, 2.0, 1.0], [1.7, 0.4, 1.5, -2.0]])
 LABELS = torch.tensor([0, 1])
-COUNTS = [90, 10]  # prior 0.9 / 0.1: log-prior gap ln 9 = 2.197
+COUNTS = [90, 10]  # class 0 split into u_0 = 2 clusters, class 1 into 1
 
 # Worked out by hand:
-# max : A classes [2, 2.5] -> 1;  B [3.5, 2] -> 0
-# sum : A [2e^2, e^2.5] = [14.78, 12.18] -> 0;  B [e^3.5 + 1, e^2] -> 0
+# max : A classes [2, 2.5] -> 1;  B [3.6, 2] -> 0
+# sum : A [2e^2, e^2.5] = [14.78, 12.18] -> 0;  B [e^3.6 + 1, e^2] -> 0
 # fbh : A [0, 1] -> 1;  B [0, -2] -> 0
 # fuse: A 0.5 * ([0.548, 0.452] + [0.269, 0.731]) = [0.409, 0.591] -> 1;  B -> 0 (both heads say 0)
-# la  : on max, class-1 margin = (log-softmax gap) + tau * ln 9. A: +0.5 + tau*2.197 > 0 -> 1 for every tau;
-#       B: -1.5 + tau*2.197 -> 0 at tau 0.5 (-0.40), 1 at tau 1.0 (+0.70), 1.5, 2.0
-# taunorm: rows / norm^tau; row 0 has norm 2. tau 1: A [1, 2, 2.5] -> 1, B [1.75, 0, 2] -> 1;
-#          tau 0.5: A [1.41, 2, 2.5] -> 1, B [2.47, 0, 2] -> 0
+# la  : on max the prior is per cluster, n_c / u_c = [45, 10]: class-1 margin = (max-score gap) + tau * ln 4.5 (1.504).
+#       A: +0.5 + tau*1.504 > 0 -> 1 for every tau;  B: -1.6 + tau*1.504 -> 0 at tau 0.5 and 1.0, 1 at 1.5 and 2.0
+# taunorm: rows / norm^tau and NO bias. tau 1: A [0.9, 2.4, 2.0] -> class scores [2.4, 2.0] -> 0, B [1.7, 0.4, 1.5]
+#          -> [1.7, 1.5] -> 0; tau 0.5: A [1.27, 2.4, 2.0] -> 0, B [2.40, 0.4, 1.5] -> 0 (keeping the bias would
+#          make A [1.1, 2.0, 2.5] -> 1 at tau 1)
 EXPECTED = {
     "max": [1, 0],
     "sum": [0, 0],
     "fbh": [1, 0],
     "fuse": [1, 0],
     "la_tau0.5": [1, 0],
-    "la_tau1.0": [1, 1],
+    "la_tau1.0": [1, 0],
     "la_tau1.5": [1, 1],
     "la_tau2.0": [1, 1],
-    "taunorm0.5": [1, 0],
-    "taunorm1.0": [1, 1],
+    "taunorm0.5": [0, 0],
+    "taunorm1.0": [0, 0],
 }
 
 
 def test_hand_model_outputs_are_the_designed_logits():
     out = hand_model()(X)
-    assert torch.allclose(out.logits, torch.tensor([[2.0, 2.0, 2.5], [3.5, 0.0, 2.0]]))
+    assert torch.allclose(out.logits, torch.tensor([[2.0, 2.0, 2.5], [3.6, 0.0, 2.0]]))
     assert torch.allclose(out.fbh, torch.tensor([[0.0, 1.0], [0.0, -2.0]]))
 
 
@@ -79,9 +81,16 @@ def test_every_reading_and_posthoc_prediction_matches_the_hand_calculation():
     preds = {k: v.tolist() for k, v in ev.predictions().items()}
     assert preds == EXPECTED
     report = ev.report()
-    # labels [0, 1]: max [1, 0] gets none right, sum [0, 0] gets A, la_tau1.0 [1, 1] gets B
+    # labels [0, 1]: max [1, 0] gets none right, sum [0, 0] gets A, la_tau1.5 [1, 1] gets B
     assert report["by_inference"] == {"max": 0.0, "sum": 50.0, "fuse": 0.0, "fbh": 0.0}
-    assert report["posthoc"]["la_tau1.0"] == 50.0 and report["posthoc"]["taunorm0.5"] == 0.0
+    assert report["posthoc"] == {
+        "la_tau0.5": 0.0,
+        "la_tau1.0": 0.0,
+        "la_tau1.5": 50.0,
+        "la_tau2.0": 50.0,
+        "taunorm0.5": 50.0,
+        "taunorm1.0": 50.0,
+    }
     assert report["top1"] == 0.0 and report["reading"] == "max"
     # class 0 has 90 training images (medium: 20..100), class 1 has 10 (few): sum gets class 0 right, class 1 wrong
     assert report["by_inference_groups"]["sum"] == {"top1": 50.0, "many": None, "medium": 100.0, "few": 0.0, "worst_class": 0.0}
@@ -131,3 +140,26 @@ def test_no_class_division_makes_max_and_sum_the_same_classifier():
     assert torch.allclose(class_log_probs("max", logits, c2c, 5), class_log_probs("sum", logits, c2c, 5), atol=1e-6)
     assert torch.allclose(class_log_probs("max", logits, c2c, 5), logits.log_softmax(1), atol=1e-6)
     np.testing.assert_array_equal(class_log_probs("max", logits, c2c, 5).argmax(1), logits.argmax(1))
+
+
+def test_logit_adjustment_prior_follows_the_reading():
+    """max reads cluster logits trained on n_c / u_c per cluster; sum / fuse / fbh read class probabilities (n_c)."""
+    from twohead.readings import log_prior
+
+    counts, u = [90, 10], [2, 1]
+    assert log_prior(counts, u, "max").tolist() == pytest.approx([math.log(45 / 55), math.log(10 / 55)], rel=1e-6)
+    for reading in ("sum", "fuse", "fbh"):
+        assert log_prior(counts, u, reading).tolist() == pytest.approx([math.log(0.9), math.log(0.1)], rel=1e-6)
+
+
+def test_a_cosine_classifier_is_read_at_ldam_scale():
+    """LDAM trains s * cos; probabilities and every post-hoc score must read the same scaled logits."""
+    from twohead.config import TrainConfig, apply_overrides
+    from twohead.model import create_model
+
+    cfg = apply_overrides(TrainConfig(), {"method.name": "ldam", "method.ldam_s": 30.0})
+    model = create_model(cfg, [50, 20, 5]).eval()
+    out, _ = model.outputs(torch.randn(4, 3, 32, 32))
+    assert out.logits.abs().max() <= 1.0 + 1e-6  # cosines, as the loss expects them
+    want = (30.0 * out.logits).log_softmax(1)
+    assert torch.allclose(model.log_probs(out), want, atol=1e-5)

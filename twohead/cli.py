@@ -54,15 +54,17 @@ def _stop(signum, _frame):
     raise _Stopped()
 
 
-def _resume_point(out: Path, cfg: TrainConfig) -> str:
-    """Which epoch a rerun resumes from, read from the history the loop wrote (no checkpoint is loaded)."""
+def _resume_point(out: Path) -> str:
+    """Which epoch a rerun resumes from: the newest readable checkpoint, as the rerun will pick it."""
+    from .runs import LocalReporter
+
     try:
-        lines = (out / "history.jsonl").read_text().splitlines()
-        done = json.loads(lines[-1])["epoch"] if lines else 0
-    except (OSError, ValueError, KeyError):
-        done = 0
-    saved = done if done == cfg.optim.epochs else done - done % cfg.run.checkpoint_every
-    return f"from epoch {saved} (the last checkpoint)" if saved else "from the start (no checkpoint was written yet)"
+        state = LocalReporter(out).peek()
+    except Exception:  # noqa: BLE001 - only a message depends on it; never hide the stop itself
+        state = None
+    if state is None:
+        return "from the start (no checkpoint was written yet)"
+    return f"from epoch {int(state['epoch'])} (the last checkpoint)"
 
 
 def cmd_train(args) -> int:
@@ -76,7 +78,7 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         print(
-            f"twohead: {signal.Signals(signum).name}: stopped {out}; rerun the same command to resume {_resume_point(out, cfg)}",
+            f"twohead: {signal.Signals(signum).name}: stopped {out}; rerun the same command to resume {_resume_point(out)}",
             file=sys.stderr,
         )
         return 128 + int(signum)
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         from .runs import write_failure
 
         where = getattr(e, "filename", None) or "a file"
-        print(f"twohead: error: could not write {where}: {write_failure(e, Path(str(where)).parent)}", file=sys.stderr)
+        print(f"twohead: error: could not access {where}: {write_failure(e, Path(str(where)).parent)}", file=sys.stderr)
         return 1
 
 

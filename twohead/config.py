@@ -68,8 +68,17 @@ def data_root(configured: str = "") -> Path:
 
 
 class _Section(BaseModel):
-    # Unknown keys are errors; inf / nan are never a valid number; values are re-checked on assignment.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+    # Unknown keys are errors; inf / nan are never a valid number; values are re-checked on assignment; a number
+    # given for a text field (run.name: 2024) is that text.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True, coerce_numbers_to_str=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info) -> Any:
+        # pydantic reads true as 1 for a number; `method.u=true` is a typo, not a cluster count.
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("a number is needed, not true/false")
+        return v
 
 
 class DataConfig(_Section):
@@ -77,7 +86,7 @@ class DataConfig(_Section):
     root: str = ""  # data root; empty -> $TWOHEAD_DATA -> ~/.cache/twohead/data
     path: str = ""  # dataset location for `parquet` / `folder` / ImageNet image root (ILSVRC2012)
     imbalance: Annotated[float, Field(ge=1)] = 100.0  # beta = n_max / n_min (paper Sec. 3.1: 10, 50, 100); CIFAR/Tiny
-    lt_seed: int = 0  # numpy seed of LDAM-DRW's per-class shuffle (their code uses 0)
+    lt_seed: NonNegInt = 0  # numpy seed of LDAM-DRW's per-class shuffle (their code uses 0)
     val_per_class: NonNegInt = 20  # balanced validation images per class, carved from train images outside
     #                                the LT subset; 0 disables. ImageNet-LT uses its official 20/class list.
     train_fraction: Fraction = 1.0  # stratified fraction of the LT train set (smoke runs only); 1 = all
@@ -177,8 +186,8 @@ class OptimConfig(_Section):
             v = [x for x in v.strip("[]() ").split(",") if x.strip()]
         if isinstance(v, (int, float)):
             v = [v]
-        if isinstance(v, (list, tuple)) and list(v) != sorted(v, key=float):
-            raise ValueError("must be increasing epochs")
+        if isinstance(v, (list, tuple)) and any(float(a) >= float(b) for a, b in zip(v, v[1:])):
+            raise ValueError("must be strictly increasing epochs")
         return v
 
     @field_validator("device")
@@ -236,6 +245,12 @@ class TrainConfig(_Section):
             bad(f"data.path must name the {d.dataset} dataset location for data.dataset={d.dataset}")
         if o.warmup_epochs and o.warmup_epochs >= o.epochs:
             bad(f"optim.warmup_epochs={o.warmup_epochs} must be below optim.epochs={o.epochs}")
+        early = [m for m in o.milestones if m < o.warmup_epochs]
+        if o.schedule == "step" and early:
+            bad(
+                f"optim.milestones={list(o.milestones)} has epochs inside the {o.warmup_epochs}-epoch warm-up, where "
+                "the warm-up sets the rate and the decay would be lost; move them after optim.warmup_epochs"
+            )
         late = [m for m in o.milestones if m >= o.epochs]
         if o.schedule == "step" and late:
             bad(
@@ -251,6 +266,11 @@ class TrainConfig(_Section):
             bad(
                 f"model.inference={mo.inference} needs the feature-balancing head, which method.name={me.name} "
                 "lacks; use max or sum"
+            )
+        if mo.inference not in ("max", "sum") and me.lam == 0:
+            bad(
+                f"model.inference={mo.inference} reads the feature-balancing head, which method.lam=0 leaves "
+                "untrained; use max or sum, or set method.lam > 0"
             )
         return self
 
@@ -329,6 +349,12 @@ def _validated(build):
 # --------------------------------------------------------------------------------------------------------
 # Overrides: "section.key=value" (CLI), mappings (YAML files, presets, search trials)
 # --------------------------------------------------------------------------------------------------------
+def _is_text(key: str) -> bool:
+    section, _, name = key.partition(".")
+    model = _SECTION_MODELS.get(section)
+    return model is not None and name in model.model_fields and model.model_fields[name].annotation is str
+
+
 def _parse_scalar(text: str) -> Any:
     """Parse a CLI value with YAML rules (numbers, booleans, lists, null) but keep plain strings."""
     import yaml
@@ -350,8 +376,9 @@ def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any] | list[str]) 
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like section.key=value")
-            k, v = item.split("=", 1)
-            pairs[k.strip()] = _parse_scalar(v.strip())
+            k, v = (x.strip() for x in item.split("=", 1))
+            # Text fields take the text as written (run.name=001 stays "001"); the others are parsed like YAML.
+            pairs[k] = v if _is_text(ALIASES.get(k, k)) else _parse_scalar(v)
         overrides = pairs
     d = cfg.to_dict()
     for key, value in overrides.items():
@@ -432,7 +459,7 @@ def load_config(
 # --------------------------------------------------------------------------------------------------------
 # Keys that never change a run's results: where data and outputs live, how they are loaded, the device choice, and
 # the whole run section (names, checkpoint cadence, plots, progress, test tracking).
-RESULT_NEUTRAL = ("data.root", "data.num_workers", "data.device_resident", "optim.device")
+RESULT_NEUTRAL = ("data.root", "data.download", "data.num_workers", "data.device_resident", "optim.device")
 
 
 def result_identity(config: Mapping[str, Any]) -> dict:

@@ -53,7 +53,7 @@ class Evaluator:
         self.posthoc = posthoc
         self.normed = bool(getattr(model.cdh, "normed", False))
         dev = model.cluster_to_class.device
-        self.log_prior = log_prior(torch.as_tensor(self.counts)).to(dev)
+        self.log_prior = log_prior(self.counts, model.plan.u_per_class, self.default).to(dev)
         self.weight = model.classifier_weight().detach()
         self.taunorms = () if (self.normed or not posthoc) else TAU_NORMS
         self.preds: dict[str, list[torch.Tensor]] = {}

@@ -17,6 +17,7 @@ gives exactly the predictions behind its evaluation report.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,7 +99,16 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "auto", readin
         raise CheckpointError(f"{p} does not exist; pass a run folder holding checkpoint.pt, or a checkpoint file")
     else:
         ckpt = p
-    return Classifier.from_state(load_checkpoint(ckpt), ckpt, device=device, reading=reading)
+    state = load_checkpoint(ckpt)
+    epochs = (state.get("config") or {}).get("optim", {}).get("epochs")
+    if epochs is not None and int(state.get("epoch", epochs)) < int(epochs):
+        logging.getLogger("twohead").warning(
+            "%s is from epoch %s of %s: the run has not finished; predictions come from a partly trained model",
+            ckpt,
+            state.get("epoch"),
+            epochs,
+        )
+    return Classifier.from_state(state, ckpt, device=device, reading=reading)
 
 
 class Classifier:

@@ -33,6 +33,7 @@ from .runs import (
     RunExistsError,
     append_history,
     claim_run_dir,
+    finished_metrics,
     rewrite_history,
     write_metrics,
 )
@@ -111,6 +112,11 @@ def fit(
     state = reporter.restore() if cfg.run.resume else None
     if state is not None and result_identity(state["config"]) != result_identity(cfg.to_dict()):
         raise RunExistsError(f"{out} holds a checkpoint of a different config; choose another run.name or out folder")
+    if is_main and state is None and cfg.run.resume:
+        done = finished_metrics(out, cfg)  # finished earlier, checkpoints since removed: never retrain over it
+        if done is not None:
+            log.info("%s: already finished (metrics.json, no checkpoint); returning its metrics", out)
+            return done
     if is_main:
         claim_run_dir(out, cfg, resuming=state is not None)
         if state is not None:
@@ -223,7 +229,7 @@ def fit(
         return metrics
     if start_epoch >= cfg.optim.epochs:  # nothing left to train (finished run without metrics.json)
         final = evaluate(model, data.test, data, cfg, device)
-        result = _finish(out, cfg, model, data, plan, final, history, device, 0.0)
+        result = _finish(out, cfg, model, data, plan, final, history, device, wall_before)
     return result
 
 

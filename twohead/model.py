@@ -40,6 +40,7 @@ class TwoHeadModel(nn.Module):
         project_features: bool | None = None,
         inference: str = "max",
         normed_classifier: bool = False,
+        logit_scale: float = 1.0,
     ):
         super().__init__()
         C, D = plan.num_classes, int(backbone.out_channels)
@@ -47,6 +48,9 @@ class TwoHeadModel(nn.Module):
         self.plan = plan
         self.num_classes = C
         self.inference = inference
+        # A cosine classifier's logits live in [-1, 1]; LDAM trains them as s * cos (its loss scales them), so every
+        # reading (probabilities, calibration, post-hoc adjustment, exports) reads s * cos as well.
+        self.logit_scale = float(logit_scale)
         self.proj: nn.Module = nn.Identity()
         width = D
         self.fbh: FeatureBalancingHead | None = None
@@ -72,7 +76,8 @@ class TwoHeadModel(nn.Module):
 
     def log_probs(self, out: HeadOutput, reading: str | None = None) -> torch.Tensor:
         """[B, C] class log-probabilities of a forward output under ``reading`` (default: ``model.inference``)."""
-        return class_log_probs(reading or self.inference, out.logits, self.cluster_to_class, self.num_classes, out.fbh)
+        logits = out.logits if self.logit_scale == 1.0 else out.logits * self.logit_scale
+        return class_log_probs(reading or self.inference, logits, self.cluster_to_class, self.num_classes, out.fbh)
 
     def probs(self, out: HeadOutput, reading: str | None = None) -> torch.Tensor:
         """[B, C] class probabilities of a forward output under ``reading`` (default: ``model.inference``)."""
@@ -111,4 +116,5 @@ def create_model(cfg: TrainConfig, class_counts: Sequence[int], image_size: int 
         project_features=spec.fbh or spec.cdh,
         inference=cfg.model.inference,
         normed_classifier=spec.normed_classifier,
+        logit_scale=cfg.method.ldam_s if spec.normed_classifier else 1.0,
     )

@@ -16,8 +16,9 @@ Without class division (K = C) ``max`` and ``sum`` are the same classifier; ``fu
 
 Post-hoc corrections (never chosen on test; for searches on validation and the reproduction's notes):
 
-* logit adjustment (Menon et al., ICLR 2021): ``log p_c - tau * log prior_c`` on the default reading, prior = the
-  training class frequencies; ``la_tau{0.5,1.0,1.5,2.0}``.
+* logit adjustment (Menon et al., ICLR 2021): ``log p_c - tau * log pi_c`` on the default reading, pi = the label
+  distribution that reading was trained on (:func:`log_prior`: class frequencies for ``sum`` / ``fuse`` / ``fbh``,
+  the per-cluster frequency n_c / u_c for ``max``); ``la_tau{0.5,1.0,1.5,2.0}``.
 * tau-normalisation (Kang et al., ICLR 2020): classifier rows ``w_k / ||w_k||^tau``, logits = pooled features times
   the rescaled rows with no bias (their ``pnorm`` + dot product), then the default reading; ``taunorm{0.5,1.0}``.
   Skipped for cosine classifiers (LDAM's), whose rows are normalised already.
@@ -102,6 +103,15 @@ def tau_normalised_logits(pooled: torch.Tensor, weight: torch.Tensor, tau: float
     return pooled.float() @ (w / torch.linalg.vector_norm(w, dim=1, keepdim=True).pow(tau)).t()
 
 
-def log_prior(class_counts: torch.Tensor) -> torch.Tensor:
+def log_prior(class_counts, clusters_per_class=None, reading: str = "sum") -> torch.Tensor:
+    """log of the label distribution the reading's scores were trained on, per class (Menon et al.'s pi).
+
+    ``sum``, ``fuse`` and ``fbh`` read class probabilities trained on class labels: pi_c = n_c / N. ``max`` reads one
+    cluster logit per class, and the K-way head was trained on cluster labels whose marginal under the soft labels of
+    Eq. 4 is n_c / u_c per cluster (alpha on the own cluster plus (1 - alpha) / (u_c - 1) from each sibling, with
+    near-equal clusters): pi_c = n_c / (u_c N). Without class division (u_c = 1) both are the class frequencies.
+    """
     counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if reading == "max" and clusters_per_class is not None:
+        counts = counts / torch.as_tensor(clusters_per_class, dtype=torch.float64)
     return F.normalize(counts, p=1, dim=0).log().float()

@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointWriteError",
     "write_failure",
+    "finished_metrics",
 ]
 
 
@@ -66,7 +67,9 @@ def load_checkpoint(path: str | Path) -> dict:
     if not p.is_file():
         raise CheckpointError(f"no checkpoint at {p}")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint holds tensors, dicts, lists and numbers; never unpickle code from a file a user
+        # was handed.
+        state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, corrupt, or not a torch file: one clear line
         first = (str(e).splitlines() or [""])[0][:120]
         raise CheckpointError(f"{p} is not a readable checkpoint ({type(e).__name__}: {first})") from None
@@ -84,6 +87,15 @@ class LocalReporter:
         self.path = Path(out_dir) / "checkpoint.pt"
         self.prev = self.path.with_name("checkpoint.prev.pt")
 
+    def peek(self) -> dict | None:
+        """The newest readable checkpoint, moving nothing (what :meth:`restore` would resume from)."""
+        for p in (self.path, self.prev):
+            try:
+                return load_checkpoint(p)
+            except CheckpointError:
+                continue
+        return None
+
     def restore(self) -> dict | None:
         for p in (self.path, self.prev):
             if not p.is_file():
@@ -91,7 +103,7 @@ class LocalReporter:
             try:
                 return load_checkpoint(p)
             except CheckpointError as e:
-                aside = p.with_name(p.name.replace(".pt", ".damaged.pt"))
+                aside = p.with_name(p.name.replace(".pt", f".damaged-{time.strftime('%Y%m%d-%H%M%S')}.pt"))
                 p.replace(aside)
                 log.warning("%s; moved to %s, trying the one before", e, aside.name)
         return None
@@ -140,6 +152,19 @@ def write_failure(e: BaseException, folder: Path) -> str:
     if free is not None and free < 64 << 20:
         return f"only {free >> 20} MiB free on the device"
     return f"{type(e).__name__}: {text[:160]}"
+
+
+def finished_metrics(out: Path, cfg: TrainConfig) -> dict | None:
+    """``metrics.json`` of a finished run of this config in ``out`` (all epochs trained), else None."""
+    import yaml
+
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+        saved = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    same = result_identity(saved) == result_identity(cfg.to_dict())
+    return metrics if same and int(metrics.get("epochs", -1)) == cfg.optim.epochs else None
 
 
 def _holds_results(out: Path) -> bool:

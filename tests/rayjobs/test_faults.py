@@ -19,5 +19,5 @@ def work(tmp_path_factory, data_root):
 def test_fault_loses_nothing_finished(work, name):
     (row,) = faults.run_scenarios([name], work)
     assert row.ok, row
-    assert row.data_lost == 0 and row.trials_lost == 0, row
-    assert row.epochs_lost <= 1, row  # at most the epoch in progress (checkpoints every epoch here)
+    assert row.data_lost == 0 and row.trials_lost in (0, None), row
+    assert 0 <= row.epochs_lost <= 1, row  # at most the epoch whose checkpoint was cut (a checkpoint every epoch here)
