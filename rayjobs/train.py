@@ -3,7 +3,11 @@
     python -m rayjobs.train --data s3://bucket/datasets/cifar10-lt-imb100 --storage s3://bucket/runs \\
         --name c10-twohead-s0 --preset cifar10-lt --num-workers 4 --use-gpu --max-failures 3
 
-- ``TorchTrainer`` + ``ScalingConfig(num_workers, use_gpu)``; ``--num-workers MIN-MAX`` is elastic training.
+- ``TorchTrainer`` + ``ScalingConfig(num_workers, use_gpu, accelerator_type)``; ``--num-workers MIN-MAX`` is
+  elastic training: Ray Train starts with as many workers as the cluster holds (at least MIN), asks the
+  autoscaler for MAX, and every ``--elastic-resize-interval`` seconds restarts the group, from the latest
+  checkpoint, at the size the cluster now holds. ``--accelerator-type A100`` keeps the workers on nodes of
+  that GPU type (the ``accelerator_type:A100`` resource of cluster.yaml's node types).
 - ``RunConfig(name, storage_path, failure_config=FailureConfig(max_failures))``: Ray Train keeps the
   checkpoints under ``<storage>/<name>/``; a failed worker group restarts from the latest one, and running
   the same command again (same ``--name``) resumes the run instead of starting over.
@@ -49,6 +53,7 @@ __all__ = [
     "RayReporter",
     "check_capacity",
     "check_train_labels",
+    "cluster_ceiling",
     "main",
     "parse_workers",
     "run",
@@ -84,30 +89,77 @@ def parse_workers(text: str | int) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--num-workers {text!r} must be N >= 1 or MIN-MAX with 1 <= MIN <= MAX") from None
 
 
-def check_capacity(
-    num_workers: int | tuple[int, int], use_gpu: bool, cpus_per_worker: float = 1.0, data_cpus: float = 1.0
-) -> dict[str, float]:
-    """Raise :class:`InsufficientResourcesError` if the cluster can never hold the (minimum) worker group.
+def cluster_ceiling(accelerator_type: str | None = None) -> tuple[dict[str, float], str]:
+    """The most of each resource the cluster can ever hold, and where that figure comes from.
 
-    The ceiling is the autoscaler's maximum when the cluster was launched with one (``cluster.yaml``), else
-    the resources of the nodes up now (a fixed cluster). Ray Data's decoding needs ``data_cpus`` besides
-    the workers' CPUs, or the stream would wait forever.
+    In order: the autoscaler's record in the GCS (autoscaler v2, KubeRay); the autoscaling config file of a
+    cluster-launcher head (``$TWOHEAD_AUTOSCALING_CONFIG``, else ``~/ray_bootstrap_config.yaml``, where ``ray up``
+    puts it: the v1 autoscaler that ``ray up`` starts records no maximum in the GCS); else the nodes up now (a
+    fixed cluster). With ``accelerator_type`` only nodes / node types carrying ``accelerator_type:<it>`` count.
     """
     import ray
 
-    need_workers = num_workers[0] if isinstance(num_workers, tuple) else num_workers
-    ceiling = None
+    from rayjobs.cluster_config import ACCELERATOR_PREFIX, load_cluster_config, max_resources
+
+    marker = f"{ACCELERATOR_PREFIX}{accelerator_type}" if accelerator_type else None
+    out: dict[str, float] = {}
+
+    def add(resources: dict[str, float], count: float) -> None:
+        if marker is None or resources.get(marker):
+            for k, v in resources.items():
+                if v:
+                    out[k] = out.get(k, 0.0) + float(v) * count
+
+    groups = []
     try:
         from ray._private.state import state
 
-        ceiling = state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001 - older Ray / no autoscaler state: fall back to the live cluster
-        ceiling = None
-    source = "the autoscaler's maximum (cluster config)"
-    if not ceiling:
-        ceiling, source = ray.cluster_resources(), "the cluster's nodes (no autoscaler configured)"
+        cfg = state.get_cluster_config()
+        groups = list(cfg.node_group_configs) if cfg is not None else []
+    except Exception:  # noqa: BLE001 - older Ray / no autoscaler state: the next source
+        groups = []
+    if groups:
+        for g in groups:
+            add(dict(g.resources), float("inf") if g.max_count == -1 else g.max_count)
+        return out, "the autoscaler's maximum (cluster config)"
+    path = os.environ.get("TWOHEAD_AUTOSCALING_CONFIG") or ""
+    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
+    if not path and bootstrap.is_file():
+        path = str(bootstrap)
+    if path:
+        return max_resources(load_cluster_config(path), accelerator_type), f"the autoscaler's maximum ({path})"
+    for node in ray.nodes():
+        if node.get("Alive"):
+            add(node.get("Resources", {}), 1)
+    return out, "the cluster's nodes (no autoscaler configured)"
+
+
+def check_capacity(
+    num_workers: int | tuple[int, int],
+    use_gpu: bool,
+    cpus_per_worker: float = 1.0,
+    data_cpus: float = 1.0,
+    accelerator_type: str | None = None,
+) -> dict[str, float]:
+    """Raise :class:`InsufficientResourcesError` if the cluster can never hold the (minimum) worker group.
+
+    The ceiling is :func:`cluster_ceiling`: the autoscaler's maximum when the cluster has one (``cluster.yaml``),
+    else the nodes up now. With ``accelerator_type`` the workers must fit on node types that carry it. Ray
+    Data's decoding needs ``data_cpus`` besides the workers' CPUs, or the stream would wait forever.
+    """
+    need_workers = num_workers[0] if isinstance(num_workers, tuple) else num_workers
+    ceiling, source = cluster_ceiling(accelerator_type)
+    if accelerator_type and not ceiling:
+        from rayjobs.cluster_config import ACCELERATOR_PREFIX
+
+        have = sorted({k[len(ACCELERATOR_PREFIX) :] for k in cluster_ceiling()[0] if k.startswith(ACCELERATOR_PREFIX)})
+        raise InsufficientResourcesError(
+            f"--accelerator-type {accelerator_type}: no node of {source} carries accelerator_type:{accelerator_type} "
+            f"(accelerator types there: {', '.join(have) or 'none'}); pick one of those or add such a node type"
+        )
     need = {"GPU": float(need_workers)} if use_gpu else {}
     need["CPU"] = need_workers * cpus_per_worker + data_cpus
+    on = f" on {accelerator_type} nodes" if accelerator_type else ""
     for res, amount in need.items():
         have = float(ceiling.get(res, 0))
         if amount > have:
@@ -115,7 +167,7 @@ def check_capacity(
                 f" ({need_workers} workers x {cpus_per_worker:g} CPU + {data_cpus:g} CPU for Ray Data)" if res == "CPU" else ""
             )
             raise InsufficientResourcesError(
-                f"--num-workers {need_workers} needs {amount:g} {res}{extra}, but {source} has {have:g} {res}; "
+                f"--num-workers {need_workers} needs {amount:g} {res}{extra}, but {source} has {have:g} {res}{on}; "
                 f"use at most --num-workers {int(max(0, (have - (data_cpus if res == 'CPU' else 0)) // (cpus_per_worker if res == 'CPU' else 1)))}"
                 f" or a larger cluster"
             )
@@ -253,6 +305,8 @@ def run(
     name: str,
     num_workers: int | tuple[int, int] = 1,
     use_gpu: bool = False,
+    accelerator_type: str | None = None,
+    elastic_resize_interval_s: float = 60.0,
     max_failures: int = 0,
     cpus_per_worker: float = 1.0,
     placement_strategy: str = "PACK",
@@ -289,6 +343,8 @@ def run(
 
     if "/" in name or not name or name in (".", ".."):
         raise ValueError(f"--name {name!r} must be a plain folder name")
+    if not elastic_resize_interval_s >= 0:
+        raise ValueError(f"--elastic-resize-interval {elastic_resize_interval_s!r} must be >= 0 seconds")
     if verify not in ("full", "size"):
         raise ValueError(f"verify={verify!r}; allowed: full (sha256), size")
     if stream not in ("auto", "on", "off"):
@@ -317,7 +373,7 @@ def run(
 
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
-    check_capacity(num_workers, use_gpu, cpus_per_worker, data_cpus=0.0 if in_memory else 1.0)
+    check_capacity(num_workers, use_gpu, cpus_per_worker, data_cpus=0.0 if in_memory else 1.0, accelerator_type=accelerator_type)
 
     from ray.data import DataContext
 
@@ -354,6 +410,8 @@ def run(
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus_per_worker},
             placement_strategy=placement_strategy,
+            accelerator_type=accelerator_type,
+            elastic_resize_monitor_interval_s=elastic_resize_interval_s,
         ),
         run_config=RunConfig(
             name=name,
@@ -390,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-workers", type=parse_workers, default=1, help="N, or MIN-MAX for elastic training")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument(
+        "--accelerator-type",
+        help="run the workers only on nodes of this accelerator type (Ray's names: A10G, A100, H100, L4, ...); "
+        "cluster.yaml's GPU node types carry it as the resource accelerator_type:<type>",
+    )
+    p.add_argument(
+        "--elastic-resize-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --num-workers MIN-MAX: how often Ray Train looks for room to grow the worker group (default 60)",
+    )
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument(
         "--placement-strategy",
@@ -432,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             num_workers=args.num_workers,
             use_gpu=args.use_gpu,
+            accelerator_type=args.accelerator_type,
+            elastic_resize_interval_s=args.elastic_resize_interval,
             max_failures=args.max_failures,
             cpus_per_worker=args.cpus_per_worker,
             placement_strategy=args.placement_strategy,
@@ -452,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {k: m.get(k) for k in keys}
             | {"results": out["results_url"], "restored_epoch": out.get("restored_epoch"), "in_memory": out.get("in_memory")}
+            # The final worker group: its size (elastic runs grow and shrink) and the nodes it ran on.
+            | {"workers": out.get("world"), "nodes": out.get("nodes")}
         )
     )
     return 0
