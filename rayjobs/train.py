@@ -13,6 +13,8 @@
   the same command again (same ``--name``) resumes the run instead of starting over.
 - The per-worker function is thin: config -> :class:`~rayjobs.stream.RayBatchSource` over
   ``ray.train.get_dataset_shard("train")`` + :class:`RayReporter` -> ``twohead.loop.fit``.
+- ``--gpu-decode``: streamed JPEGs are decoded, cropped and flipped on the training GPUs (nvJPEG) instead of by
+  Ray Data's CPU workers (:mod:`rayjobs.stream`).
 - ``--stream auto`` (default) streams large-image datasets (ImageNet-LT) with Ray Data every epoch, and has
   each worker load small-image ones (CIFAR, Tiny-ImageNet, the 32 px stand-in: at most a few hundred MB
   decoded) from the same shards once, into device memory: their epochs are shorter than a Ray Data pass's
@@ -225,6 +227,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """What each Ray Train worker runs: build the inputs, call the one training loop, upload rank 0's results."""
     import ray
     import ray.train
+    import ray.train.torch
 
     from rayjobs.stream import (
         CPU_AUGMENT_MIN_SIZE,
@@ -255,6 +258,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             augmented=manifest.image_size >= CPU_AUGMENT_MIN_SIZE,
             prefetch_batches=config["prefetch_batches"],
             seed=cfg.optim.seed,
+            gpu_decode_size=manifest.image_size if config.get("gpu_decode") else None,
+            device=ray.train.torch.get_device() if config.get("gpu_decode") else None,
         )
     reporter = RayReporter(out_dir, rank, config.get("fault"))
     metrics = fit(cfg, out_dir=out_dir, data=data, train_source=source, reporter=reporter)
@@ -307,6 +312,7 @@ def run(
     use_gpu: bool = False,
     accelerator_type: str | None = None,
     elastic_resize_interval_s: float = 60.0,
+    gpu_decode: bool = False,
     max_failures: int = 0,
     cpus_per_worker: float = 1.0,
     placement_strategy: str = "PACK",
@@ -363,6 +369,13 @@ def run(
     if stream == "off" and labels:
         raise ValueError("an explicit labels file is applied to streamed rows: use stream=on (or auto)")
     in_memory = stream == "off" or (stream == "auto" and small and not labels)
+    if gpu_decode and not use_gpu:
+        raise ValueError("--gpu-decode decodes on the training GPUs: add --use-gpu")
+    if gpu_decode and in_memory:
+        raise ValueError(
+            f"--gpu-decode is for streamed images of at least {CPU_AUGMENT_MIN_SIZE} px (ImageNet-LT); "
+            f"{manifest.url} ({manifest.image_size} px) is loaded into memory once"
+        )
 
     lookup = None
     labels_url = None
@@ -381,7 +394,16 @@ def run(
     counter = ray.remote(SkipCounter).options(num_cpus=0).remote() if skip and not in_memory else None
     datasets = None
     if not in_memory:
-        datasets = {"train": train_dataset(manifest, lookup=lookup, skip_invalid=skip, counter=counter, seed=cfg.optim.seed)}
+        datasets = {
+            "train": train_dataset(
+                manifest,
+                lookup=lookup,
+                skip_invalid=skip,
+                counter=counter,
+                seed=cfg.optim.seed,
+                decode="gpu" if gpu_decode else "cpu",
+            )
+        }
 
     fs, storage_path = storage.resolve(storage_url)
     run_url = storage.join(storage_url, name)
@@ -403,6 +425,7 @@ def run(
             "in_memory": in_memory,
             "counter": counter,
             "prefetch_batches": prefetch_batches,
+            "gpu_decode": gpu_decode,
             "fault": fault,
         },
         scaling_config=ScalingConfig(
@@ -484,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or decide by size (auto: small images in memory)",
     )
     p.add_argument("--prefetch-batches", type=int, default=4)
+    p.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="streamed JPEGs (ImageNet-LT) are decoded, cropped and flipped on the training GPU "
+        "(torchvision.io.decode_jpeg, nvJPEG) instead of by Ray Data's CPU workers; needs --use-gpu",
+    )
     return p
 
 
@@ -504,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             use_gpu=args.use_gpu,
             accelerator_type=args.accelerator_type,
             elastic_resize_interval_s=args.elastic_resize_interval,
+            gpu_decode=args.gpu_decode,
             max_failures=args.max_failures,
             cpus_per_worker=args.cpus_per_worker,
             placement_strategy=args.placement_strategy,

@@ -2,7 +2,8 @@
 (the DataLoader path for file-backed splits such as ImageNet-LT).
 
 :class:`FileDataset` yields ``(uint8 [3, S, S], label, position)``: augmentation happens here (ImageNet
-recipe: RandomResizedCrop + horizontal flip for training; resize to S/0.875 + center crop for evaluation), while
+recipe: RandomResizedCrop + horizontal flip for training, decoded at the smallest JPEG scale that covers the crop,
+:func:`twohead.data.decode_crop.decode_random_resized_crop`; resize to S/0.875 + center crop for evaluation), while
 normalisation with ``LTData.mean/std`` is left to the loop, on the device, exactly as for in-memory splits.
 ``position`` is the sample's index in the split, so the loop can look up its cluster id (Sec. 2.2).
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset, default_collate
 
+from twohead.data.decode_crop import decode_random_resized_crop
 from twohead.data.sources import ArraySource, FileSource, decode_bytes
 from twohead.data.types import DataError, Split
 
@@ -62,11 +64,9 @@ class FileDataset(Dataset):
             raise DataError(f"FileDataset image_size={self.size} must be >= 1")
         self.skip_corrupt = skip_corrupt
         self.augmented = train  # the BatchSource flag: crop/flip already applied
-        if train:
-            self.transform = v2.Compose([v2.RandomResizedCrop(self.size, antialias=True), v2.RandomHorizontalFlip()])
-        else:
-            # The standard ImageNet eval crop: 256 -> 224 is a ratio of 0.875.
-            self.transform = v2.Compose([v2.Resize(int(round(self.size / 0.875)), antialias=True), v2.CenterCrop(self.size)])
+        self.train = train
+        # The standard ImageNet eval crop: 256 -> 224 is a ratio of 0.875.
+        self.transform = v2.Compose([v2.Resize(int(round(self.size / 0.875)), antialias=True), v2.CenterCrop(self.size)])
 
     def __len__(self) -> int:
         return len(self.files)
@@ -78,13 +78,14 @@ class FileDataset(Dataset):
         except OSError as e:
             raise DataError(f"cannot read image file {path} (row {i}): {e}") from None
         try:
-            img = decode_bytes(data)
+            # Training: crop box first, then decode only as many pixels as it needs (one function with Ray Data).
+            img = decode_random_resized_crop(data, self.size) if self.train else self.transform(decode_bytes(data))
         except ValueError as e:
             if self.skip_corrupt:
                 log.warning("skipping undecodable image %s (row %d): %s", path, i, e)
                 return None
             raise DataError(f"cannot decode image file {path} (row {i}): {e}; set data.skip_corrupt=true to skip it") from None
-        return self.transform(img), int(self.labels[i]), i
+        return img, int(self.labels[i]), i
 
 
 def collate_skip_corrupt(batch: list):
