@@ -102,8 +102,15 @@ def train(
     return json.loads(lines[-1])
 
 
-def checkpoints(run_url: str) -> int:
-    return len({f.split("/", 1)[0] for f in storage.list_files(run_url) if f.startswith("checkpoint_")})
+def registered_epoch(run_url: str) -> int:
+    """The epoch of the latest checkpoint Ray Train has registered for the run, i.e. what a restarted worker group
+    resumes from (0 before the first). Read from the snapshot its checkpoint manager keeps for resuming, written
+    once every rank has reported: a checkpoint folder alone may still miss the other ranks' reports."""
+    url = f"{run_url}/checkpoint_manager_snapshot.json"
+    if not storage.exists(url):
+        return 0
+    latest = json.loads(storage.read_bytes(url))["latest_checkpoint_result"]
+    return int(latest["metrics"]["epoch"]) if latest else 0
 
 
 def epochs_in_history(results_url: str) -> list[int]:
@@ -142,7 +149,7 @@ def test_elastic_run_starts_with_one_worker_and_grows_to_two(idle, standin, buck
 
     def tick() -> None:
         nonlocal nodes_at_first_checkpoint
-        if nodes_at_first_checkpoint is None and checkpoints(f"{runs}/elastic") >= 1:
+        if nodes_at_first_checkpoint is None and registered_epoch(f"{runs}/elastic") >= 1:
             nodes_at_first_checkpoint = len(idle.worker_nodes())
             idle.set_max_workers(GPU_TYPE, 2)  # room for the second node
 
@@ -162,20 +169,25 @@ def test_node_removed_mid_run_resumes_from_checkpoint_on_a_replacement(idle, sta
     runs = f"s3://{bucket}/runs"
     before: set[str] = set()
     removed: str | None = None
+    trained_when_removed = 0
 
     def tick() -> None:
-        nonlocal removed
-        if removed is None and checkpoints(f"{runs}/lost-node") >= 1:
+        nonlocal removed, trained_when_removed
+        if removed is None and registered_epoch(f"{runs}/lost-node") >= 1:
             before.update(n["node_id"] for n in idle.worker_nodes())
             removed = idle.terminate_node(GPU_TYPE)  # the provider terminates a busy node, as a spot reclaim does
+            trained_when_removed = registered_epoch(f"{runs}/lost-node")
 
-    epochs = 4
+    # Enough epochs after the first checkpoint (~3 s each) that the node is gone while the group still trains.
+    epochs = 8
     out = train(
         idle, tmp_path, standin, runs, "lost-node", epochs, "--num-workers", "2", "--accelerator-type", "A10G",
         "--max-failures", "2", tick=tick,
     )  # fmt: skip
     assert removed in before and len(before) == 2
-    assert 1 <= out["restored_epoch"] < epochs, out  # resumed from a checkpoint, not from scratch
+    assert 1 <= trained_when_removed < epochs, f"the node went away after epoch {trained_when_removed} of {epochs}"
+    # Resumed from the checkpoint registered before the node went (or a later one), not from scratch.
+    assert trained_when_removed <= out["restored_epoch"] < epochs, out
     assert out["epochs"] == epochs and epochs_in_history(out["results"]) == list(range(1, epochs + 1))
     final = set(out["nodes"])
     assert len(final) == 2 and removed not in final and len(final - before) == 1, (before, removed, final)

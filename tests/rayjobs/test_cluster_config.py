@@ -135,3 +135,9 @@ def test_capacity_check_reads_the_autoscalers_limits(tmp_path, monkeypatch):
     # Without an accelerator type every node type counts: 42 CPU.
     with pytest.raises(train.InsufficientResourcesError, match=r"needs 43 CPU .* has 42 CPU; use at most --num-workers 41"):
         train.check_capacity(42, False, data_cpus=1)
+
+
+def test_local_cluster_cli_refuses_a_bad_config(tmp_path, capsys):
+    assert local_cluster.main(["--config", str(tmp_path / "nowhere.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: cluster config {tmp_path / 'nowhere.yaml'}: cannot read it (No such file or directory)"
