@@ -3,8 +3,9 @@
 - :func:`load_cluster_config` reads a cluster-launcher YAML (one-line :class:`ClusterConfigError` on a missing,
   malformed or incomplete file).
 - :func:`max_resources` is what the autoscaler can ever provide (per node type: ``max_workers`` x resources,
-  plus the head), optionally only on node types that carry an accelerator type (``accelerator_type:A100``).
-  ``rayjobs.train`` checks ``--num-workers`` against it before anything starts.
+  plus the head), optionally only on node types that carry an accelerator type (``accelerator_type:A100``);
+  :func:`cluster_ceiling` finds the running cluster's ceiling (autoscaler record, autoscaling config file or the
+  nodes up), which ``rayjobs.train`` checks ``--num-workers`` against before anything starts.
 - :func:`local_node_types` maps the worker node types to node types of Ray's fake multi-node provider (the one
   ``ray.cluster_utils.AutoscalingCluster`` and Ray's own autoscaler tests use), so the real autoscaler can be run
   against the same node types on a laptop (:mod:`rayjobs.local_cluster`): same names, resource kinds, accelerator
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ __all__ = [
     "ACCELERATOR_PREFIX",
     "ClusterConfigError",
     "accelerator_types",
+    "cluster_ceiling",
     "load_cluster_config",
     "local_node_types",
     "max_resources",
@@ -141,3 +144,46 @@ def local_node_types(
             "max_workers": hi,
         }
     return out
+
+
+def cluster_ceiling(accelerator_type: str | None = None) -> tuple[dict[str, float], str]:
+    """The most of each resource the cluster can ever hold, and where that figure comes from.
+
+    In order: the autoscaler's record in the GCS (autoscaler v2, KubeRay); the autoscaling config file of a
+    cluster-launcher head (``$TWOHEAD_AUTOSCALING_CONFIG``, else ``~/ray_bootstrap_config.yaml``, where ``ray up``
+    puts it: the v1 autoscaler that ``ray up`` starts records no maximum in the GCS); else the nodes up now (a
+    fixed cluster). With ``accelerator_type`` only nodes / node types carrying ``accelerator_type:<it>`` count.
+    """
+    import ray
+
+    marker = f"{ACCELERATOR_PREFIX}{accelerator_type}" if accelerator_type else None
+    out: dict[str, float] = {}
+
+    def add(resources: dict[str, float], count: float) -> None:
+        if marker is None or resources.get(marker):
+            for k, v in resources.items():
+                if v:
+                    out[k] = out.get(k, 0.0) + float(v) * count
+
+    groups = []
+    try:
+        from ray._private.state import state
+
+        cfg = state.get_cluster_config()
+        groups = list(cfg.node_group_configs) if cfg is not None else []
+    except Exception:  # noqa: BLE001 - older Ray / no autoscaler state: the next source
+        groups = []
+    if groups:
+        for g in groups:
+            add(dict(g.resources), float("inf") if g.max_count == -1 else g.max_count)
+        return out, "the autoscaler's maximum (cluster config)"
+    path = os.environ.get("TWOHEAD_AUTOSCALING_CONFIG") or ""
+    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
+    if not path and bootstrap.is_file():
+        path = str(bootstrap)
+    if path:
+        return max_resources(load_cluster_config(path), accelerator_type), f"the autoscaler's maximum ({path})"
+    for node in ray.nodes():
+        if node.get("Alive"):
+            add(node.get("Resources", {}), 1)
+    return out, "the cluster's nodes (no autoscaler configured)"

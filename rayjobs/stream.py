@@ -17,6 +17,9 @@ Images of at most 64 px leave the CPU workers un-augmented (``augmented=False``)
 whole batches on the device, like a local run. Bad rows -- a label outside [0, C), an undecodable image, an id
 without a cluster -- raise :class:`RowError` naming the shard file and the row id; with ``skip_invalid`` they
 are dropped instead and counted by a :class:`SkipCounter` actor whose summary the run reports.
+
+(Over 400 lines on purpose: the per-batch UDF, the dataset that maps it and the batch source that consumes it
+change together, e.g. for ``decode="gpu"``; the eval-split loading is the rest of a Ray run's data.)
 """
 
 from __future__ import annotations

@@ -55,7 +55,6 @@ __all__ = [
     "RayReporter",
     "check_capacity",
     "check_train_labels",
-    "cluster_ceiling",
     "main",
     "parse_workers",
     "run",
@@ -91,51 +90,6 @@ def parse_workers(text: str | int) -> int | tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--num-workers {text!r} must be N >= 1 or MIN-MAX with 1 <= MIN <= MAX") from None
 
 
-def cluster_ceiling(accelerator_type: str | None = None) -> tuple[dict[str, float], str]:
-    """The most of each resource the cluster can ever hold, and where that figure comes from.
-
-    In order: the autoscaler's record in the GCS (autoscaler v2, KubeRay); the autoscaling config file of a
-    cluster-launcher head (``$TWOHEAD_AUTOSCALING_CONFIG``, else ``~/ray_bootstrap_config.yaml``, where ``ray up``
-    puts it: the v1 autoscaler that ``ray up`` starts records no maximum in the GCS); else the nodes up now (a
-    fixed cluster). With ``accelerator_type`` only nodes / node types carrying ``accelerator_type:<it>`` count.
-    """
-    import ray
-
-    from rayjobs.cluster_config import ACCELERATOR_PREFIX, load_cluster_config, max_resources
-
-    marker = f"{ACCELERATOR_PREFIX}{accelerator_type}" if accelerator_type else None
-    out: dict[str, float] = {}
-
-    def add(resources: dict[str, float], count: float) -> None:
-        if marker is None or resources.get(marker):
-            for k, v in resources.items():
-                if v:
-                    out[k] = out.get(k, 0.0) + float(v) * count
-
-    groups = []
-    try:
-        from ray._private.state import state
-
-        cfg = state.get_cluster_config()
-        groups = list(cfg.node_group_configs) if cfg is not None else []
-    except Exception:  # noqa: BLE001 - older Ray / no autoscaler state: the next source
-        groups = []
-    if groups:
-        for g in groups:
-            add(dict(g.resources), float("inf") if g.max_count == -1 else g.max_count)
-        return out, "the autoscaler's maximum (cluster config)"
-    path = os.environ.get("TWOHEAD_AUTOSCALING_CONFIG") or ""
-    bootstrap = Path("~/ray_bootstrap_config.yaml").expanduser()
-    if not path and bootstrap.is_file():
-        path = str(bootstrap)
-    if path:
-        return max_resources(load_cluster_config(path), accelerator_type), f"the autoscaler's maximum ({path})"
-    for node in ray.nodes():
-        if node.get("Alive"):
-            add(node.get("Resources", {}), 1)
-    return out, "the cluster's nodes (no autoscaler configured)"
-
-
 def check_capacity(
     num_workers: int | tuple[int, int],
     use_gpu: bool,
@@ -145,15 +99,15 @@ def check_capacity(
 ) -> dict[str, float]:
     """Raise :class:`InsufficientResourcesError` if the cluster can never hold the (minimum) worker group.
 
-    The ceiling is :func:`cluster_ceiling`: the autoscaler's maximum when the cluster has one (``cluster.yaml``),
+    The ceiling is :func:`rayjobs.cluster_config.cluster_ceiling`: the autoscaler's maximum when the cluster has one (``cluster.yaml``),
     else the nodes up now. With ``accelerator_type`` the workers must fit on node types that carry it. Ray
     Data's decoding needs ``data_cpus`` besides the workers' CPUs, or the stream would wait forever.
     """
+    from rayjobs.cluster_config import ACCELERATOR_PREFIX, cluster_ceiling
+
     need_workers = num_workers[0] if isinstance(num_workers, tuple) else num_workers
     ceiling, source = cluster_ceiling(accelerator_type)
     if accelerator_type and not ceiling:
-        from rayjobs.cluster_config import ACCELERATOR_PREFIX
-
         have = sorted({k[len(ACCELERATOR_PREFIX) :] for k in cluster_ceiling()[0] if k.startswith(ACCELERATOR_PREFIX)})
         raise InsufficientResourcesError(
             f"--accelerator-type {accelerator_type}: no node of {source} carries accelerator_type:{accelerator_type} "
