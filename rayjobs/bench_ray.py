@@ -1,15 +1,18 @@
-"""Benchmark of the Ray layer: streaming throughput from S3 and Ray Train's step-time overhead.
+"""Benchmark of the Ray layer: decode cost per core, streaming throughput from S3, Ray Train's step-time overhead.
 
-    python -m rayjobs.bench_ray [--train-fraction 0.1] [--epochs 3] [--jpeg-images 4000]
+    python -m rayjobs.bench_ray [--train-fraction 0.1] [--epochs 3] [--jpeg-images 4000] [--gpu-img-per-s 2030]
 
 Self-contained: starts a moto S3 server (a real S3 HTTP endpoint on 127.0.0.1; needs the ``test`` extra) and
 a local Ray instance on this machine's cores, then measures
 
+0. decode + RandomResizedCrop(224) + flip of ImageNet-size JPEGs on one core, per decode path, and the decode
+   cores one GPU needs at ResNeXt-50 speed (:mod:`rayjobs.bench_decode`; the GPU's speed is an outside reference);
 1. Ray Data streaming of prepared shards from S3 through :func:`rayjobs.stream.train_dataset`, in images/s
    and images/s per CPU core (the cores Ray Data ran on):
    - CIFAR-size (32 px lossless WebP, all 49,800 CIFAR-10 train images): decode + cluster-id lookup (crop/flip
      run on the device);
-   - 224 px JPEG (generated 320x320 JPEGs, q90): decode + RandomResizedCrop(224) + flip on the CPU workers;
+   - 224 px JPEG (generated 500x375 JPEGs of ImageNet's ~115 KB): decode + RandomResizedCrop(224) + flip on the
+     CPU workers (start-up included: on a small dataset it weighs, on ImageNet's 116k-image epochs it does not);
    plus the same per-batch function in this process alone (no Ray), to show what Ray Data adds.
 2. One training step of the same config and device: :func:`twohead.loop.fit` on in-memory data (the bare loop)
    vs a 1-worker ``TorchTrainer`` (:func:`rayjobs.train.run`) on the same images from S3, with the default
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import statistics
@@ -34,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from rayjobs import prepare, storage
+from rayjobs import bench_decode, prepare, storage
 from rayjobs.storage import Manifest, ShardInfo, SplitInfo
 
 
@@ -62,23 +66,16 @@ def start_s3() -> tuple[Any, str]:
     return server, bucket
 
 
-def jpeg_dataset(url: str, n: int, side: int = 320, num_classes: int = 100) -> Manifest:
-    """``n`` generated ``side`` px JPEGs (class-patterned, q90) as a one-split prepared dataset at ``url``."""
+def jpeg_dataset(url: str, n: int, width: int = 500, height: int = 375, num_classes: int = 100) -> Manifest:
+    """``n`` generated ``width`` x ``height`` JPEGs (:func:`rayjobs.bench_decode.photos`: at 500x375 about
+    ImageNet's bytes per image) as a one-split, 224 px prepared dataset at ``url``; image ``i`` has class
+    ``i % num_classes``."""
     import hashlib
-    import io
 
-    from PIL import Image
-
-    from twohead.data.standin import _render
+    from rayjobs.bench_decode import photos
 
     labels = np.arange(n) % num_classes
-    blobs: list[bytes] = [b""] * n
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        for i, img in zip(idx, _render(c, len(idx), side, 0, 1)):
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=90)
-            blobs[i] = buf.getvalue()
+    blobs = photos(n, width, height)
     shards = []
     for k, (a, b) in enumerate(prepare._plan_shards(n, np.mean([len(x) for x in blobs]), max(256, n // 4))):
         payload = prepare.write_shard_table(blobs[a:b], labels[a:b], np.arange(a, b), np.arange(a, b))
@@ -178,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rayjobs.bench_ray", description=__doc__.split("\n\n")[0])
     p.add_argument("--train-fraction", type=float, default=0.1, help="fraction of CIFAR-10-LT for the step-time runs")
     p.add_argument("--epochs", type=int, default=3, help="epochs of the step-time runs (the first is not timed)")
-    p.add_argument("--jpeg-images", type=int, default=4000, help="generated 320 px JPEGs for the 224 px stream")
+    p.add_argument("--jpeg-images", type=int, default=4000, help="generated 500x375 JPEGs for the 224 px stream")
+    p.add_argument(
+        "--gpu-img-per-s",
+        type=float,
+        default=bench_decode.RESNEXT50_IMG_PER_S,
+        help="training img/s of one GPU for the decode-cores estimate (default: ResNeXt-50 on an A100, outside reference)",
+    )
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -192,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     from rayjobs import train
     from twohead.config import load_config
 
-    server, bucket = start_s3()
     cores = len(os.sched_getaffinity(0))
     res: dict[str, Any] = {"cores": cores, "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    # ---- 0. decode cost on one core (no Ray, no S3) -------------------------------------------------------
+    res["decode"] = bench_decode.measure()
+    torch.set_num_threads(cores)
+    server, bucket = start_s3()
     try:
         ray.init(num_cpus=cores, object_store_memory=300 * 2**20, include_dashboard=False, log_to_driver=False)
         from ray.data import DataContext
@@ -270,19 +276,29 @@ def main(argv: list[str] | None = None) -> int:
     s32, s224 = res["stream_32"], res["stream_224"]
     dev = res["ray_auto"].get("device") or "cpu"
     print(f"\nRay layer benchmark: {cores} CPU cores, torch {res['torch']}, device {dev}, S3 = moto on 127.0.0.1\n")
+    print("Decode + crop on one core (one process, one torch thread, best of 5 passes):\n")
+    print(bench_decode.table(res["decode"], args.gpu_img_per_s))
+    reduced = res["decode"][0]["reduced decode (decode_random_resized_crop)"]
+    need = bench_decode.cores_per_gpu(reduced, args.gpu_img_per_s)
+    res["decode_cores_per_gpu"] = need
+    print(
+        f"\nOne GPU training at {args.gpu_img_per_s:,.0f} img/s needs {need:.1f} decode cores ({math.ceil(need)}) at "
+        f"{reduced:.0f} img/s per core ({res['decode'][0]['size']} JPEGs); Ray Data's reading, batching and start-up "
+        f"come on top (the 224 px stream below).\n"
+    )
     print(
         "| Ray Data stream from S3 (one epoch = one execution, best of 3) | images | img/s | img/s per core | "
         "first batch after (s) | same UDF, one process, no Ray (img/s) |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    print(
-        f"| 32 px lossless WebP: decode + cluster lookup | {s32['images']} | {s32['img_per_s']:.0f} | "
-        f"{s32['img_per_s_per_core']:.0f} | {s32['first_batch_s']:.2f} | {s32['in_process_1core']:.0f} |"
-    )
-    print(
-        f"| 320 px JPEG: decode + RandomResizedCrop(224) + flip | {s224['images']} | {s224['img_per_s']:.0f} | "
-        f"{s224['img_per_s_per_core']:.0f} | {s224['first_batch_s']:.2f} | {s224['in_process_1core']:.0f} |"
-    )
+    for r, what in (
+        (s32, "32 px lossless WebP: decode + cluster lookup"),
+        (s224, "500x375 JPEG: decode + RandomResizedCrop(224) + flip"),
+    ):
+        print(
+            f"| {what} | {r['images']} | {r['img_per_s']:.0f} | {r['img_per_s_per_core']:.0f} | "
+            f"{r['first_batch_s']:.2f} | {r['in_process_1core']:.0f} |"
+        )
     print()
     print(
         f"| training step: ResNet-32 two-head, batch {cfg.optim.batch_size}, {res['train_images']} images, "

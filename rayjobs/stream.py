@@ -4,18 +4,27 @@ Pipeline (one per run, executed once per epoch)::
 
     read_parquet(train shards on S3/GCS/local, file order reshuffled each epoch)
       -> map_batches(decode_batch) on CPU workers: decode, validate label and image, attach the cluster id
-         (ClusterLookup), and for large images RandomResizedCrop + flip
+         (ClusterLookup), and for large images RandomResizedCrop + flip, decoded at the smallest JPEG scale
+         that covers the crop (twohead.data.decode_crop, the function the local DataLoader uses too)
       -> streaming_split(num_workers, equal=True)     # TorchTrainer(datasets={"train": ds})
       -> iter_torch_batches(prefetch, local shuffle)  # RayBatchSource, given to twohead.loop.fit
+
+With ``decode="gpu"`` (``rayjobs.train --gpu-decode``) the CPU workers only check each image's header and the
+training worker decodes, crops and flips every batch on its GPU (``torchvision.io.decode_jpeg(device="cuda")``,
+nvJPEG): CPU decoding then no longer limits the GPU (see README, "Keeping GPUs fed").
 
 Images of at most 64 px leave the CPU workers un-augmented (``augmented=False``): the loop crops and flips
 whole batches on the device, like a local run. Bad rows -- a label outside [0, C), an undecodable image, an id
 without a cluster -- raise :class:`RowError` naming the shard file and the row id; with ``skip_invalid`` they
 are dropped instead and counted by a :class:`SkipCounter` actor whose summary the run reports.
+
+(Over 400 lines on purpose: the per-batch UDF, the dataset that maps it and the batch source that consumes it
+change together, e.g. for ``decode="gpu"``; the eval-split loading is the rest of a Ray run's data.)
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -88,13 +97,15 @@ def decode_batch(
     url_prefix: str = "",
     skip_invalid: bool = False,
     counter: Any = None,
+    decode: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Decode one Arrow batch of shard rows to ``{"image": uint8 [B,s,s,3], "label", "cluster"}``.
 
-    ``lookup`` None means no class division: the cluster id is the class label (K = C).
+    ``lookup`` None means no class division: the cluster id is the class label (K = C). ``augment`` crops and
+    flips (:func:`~twohead.data.decode_crop.decode_random_resized_crop`). ``decode="gpu"`` leaves the images
+    encoded (``"image"``: bytes, header checked) for the training worker to decode and crop on its GPU.
     """
-    from torchvision.transforms import v2 as T
-
+    from twohead.data.decode_crop import decode_random_resized_crop
     from twohead.data.sources import decode_bytes, fit_size
 
     n = len(batch["label"])
@@ -116,18 +127,21 @@ def decode_batch(
     for i in np.flatnonzero((labels < 0) | (labels >= num_classes)).tolist():
         bad(i, f"label {int(labels[i])} outside [0, {num_classes})")
 
-    crop = T.Compose([T.RandomResizedCrop(size, antialias=True), T.RandomHorizontalFlip()]) if augment else None
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    encoded = decode == "gpu"
+    out = np.empty(n, dtype=object) if encoded else np.empty((n, size, size, 3), dtype=np.uint8)
     for i, data in enumerate(batch["image"]):
         if not keep[i]:
             continue
+        blob = bytes(data) if data is not None else b""
         try:
-            img = decode_bytes(bytes(data) if data is not None else b"")
+            if encoded:
+                out[i] = _checked_header(blob)  # decoded later, on the training GPU
+            elif augment:
+                out[i] = decode_random_resized_crop(blob, size).permute(1, 2, 0).numpy()
+            else:
+                out[i] = fit_size(decode_bytes(blob), size).permute(1, 2, 0).numpy()
         except ValueError as e:
             bad(i, f"undecodable image: {e}")
-            continue
-        img = crop(img) if crop is not None else fit_size(img, size)
-        out[i] = img.permute(1, 2, 0).numpy()
 
     if lookup is not None:
         clusters = np.zeros(n, dtype=np.int64)
@@ -144,7 +158,25 @@ def decode_batch(
         clusters = labels.copy()
     if dropped and counter is not None:
         counter.add.remote(dropped)
-    return {"image": out[keep], "label": labels[keep], "cluster": clusters[keep]}
+    result = {"image": out[keep], "label": labels[keep], "cluster": clusters[keep]}
+    if encoded:
+        result["id"] = ids[keep]  # names the rows if the GPU decode fails
+    return result
+
+
+def _checked_header(blob: bytes) -> bytes:
+    """``blob`` if its header is an image's (format and size readable), else ValueError; nothing is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not blob:
+        raise ValueError("empty image bytes")
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            if im.size[0] < 1 or im.size[1] < 1:
+                raise ValueError(f"image size {im.size}")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    return blob
 
 
 def train_dataset(
@@ -157,12 +189,21 @@ def train_dataset(
     seed: int = 0,
     decode_batch_size: int | None = None,
     decode_concurrency: int | tuple[int, int] | None = None,
+    decode: str = "cpu",
 ):
-    """The streaming train dataset of a prepared dataset (lazy; executes when iterated)."""
+    """The streaming train dataset of a prepared dataset (lazy; executes when iterated).
+
+    ``decode="gpu"`` (large images only) streams the encoded images, checked but not decoded, for
+    :class:`RayBatchSource` to decode and crop on the training GPU.
+    """
     import ray.data
     from ray.data.datasource import FileShuffleConfig
 
     size = int(image_size or manifest.image_size)
+    if decode not in ("cpu", "gpu"):
+        raise ValueError(f"decode={decode!r}; allowed: cpu, gpu")
+    if decode == "gpu" and size < CPU_AUGMENT_MIN_SIZE:
+        raise ValueError(f"decode=gpu is for images of at least {CPU_AUGMENT_MIN_SIZE} px; {manifest.url} has {size} px")
     if decode_batch_size is None:
         # Per-task overhead dominates a 32 px decode (~70 us): big batches; large images: ~40 MB batches.
         decode_batch_size = 2048 if size < CPU_AUGMENT_MIN_SIZE else 256
@@ -187,6 +228,7 @@ def train_dataset(
             "url_prefix": scheme,
             "skip_invalid": skip_invalid,
             "counter": counter,
+            "decode": decode,
         },
         batch_format="numpy",
         batch_size=decode_batch_size,
@@ -207,8 +249,15 @@ class RayBatchSource:
         prefetch_batches: int = 4,
         shuffle_buffer: int | None = None,
         seed: int = 0,
+        gpu_decode_size: int | None = None,
+        device: Any = None,
     ):
+        """``gpu_decode_size``: the stream carries encoded images (``train_dataset(decode="gpu")``); each batch is
+        decoded, cropped to this size and flipped on ``device`` by
+        :func:`~twohead.data.decode_crop.decode_random_resized_crop_batch` (nvJPEG on a GPU)."""
         self.shard = shard
+        self.gpu_decode_size = gpu_decode_size
+        self.device = device
         self.batch_size = max(1, int(batch_size))
         self.num_samples = int(num_samples)
         self.augmented = bool(augmented)
@@ -221,22 +270,41 @@ class RayBatchSource:
         self.last_wait_s = 0.0  # time the last epoch spent blocked on the stream
 
     def batches(self, epoch: int) -> Iterator[tuple[Any, Any, Any]]:
-        it = self.shard.iter_torch_batches(
-            batch_size=self.batch_size,
-            prefetch_batches=self.prefetch_batches,
-            local_shuffle_buffer_size=self.shuffle_buffer or None,
-            local_shuffle_seed=self.seed * 100_003 + epoch if self.shuffle_buffer else None,
-            drop_last=self.drop_last,
-        )
+        kw = {
+            "batch_size": self.batch_size,
+            "prefetch_batches": self.prefetch_batches,
+            "local_shuffle_buffer_size": self.shuffle_buffer or None,
+            "local_shuffle_seed": self.seed * 100_003 + epoch if self.shuffle_buffer else None,
+            "drop_last": self.drop_last,
+        }
+        encoded = self.gpu_decode_size is not None
+        # Encoded images are bytes, which iter_torch_batches cannot turn into tensors: numpy batches, decoded here.
+        it = self.shard.iter_batches(batch_format="numpy", **kw) if encoded else self.shard.iter_torch_batches(**kw)
         # Time blocked on the stream, logged per epoch: the first thing to look at when a run is data-bound.
         waited, n, t = 0.0, 0, time.perf_counter()
         for b in it:
             waited += time.perf_counter() - t
             n += 1
-            yield b["image"], b["label"], b["cluster"]
+            if encoded:
+                yield self._decode(b)
+            else:
+                yield b["image"], b["label"], b["cluster"]
             t = time.perf_counter()
         self.last_wait_s = waited
         log.info("epoch %d: %d batches, %.2fs waiting for data", epoch + 1, n, waited)
+
+    def _decode(self, b: dict[str, np.ndarray]) -> tuple[Any, Any, Any]:
+        import torch
+
+        from twohead.data.decode_crop import decode_random_resized_crop_batch
+
+        device = self.device or "cpu"
+        try:
+            x = decode_random_resized_crop_batch(list(b["image"]), self.gpu_decode_size, device=device)
+        except ValueError as e:
+            raise RowError(f"a streamed batch (row ids {b['id'][:5].tolist()}...): {e}") from None
+        y = torch.as_tensor(b["label"], device=device)
+        return x, y, torch.as_tensor(b["cluster"], device=device)
 
 
 # --------------------------------------------------------------------------------------------

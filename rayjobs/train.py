@@ -3,12 +3,18 @@
     python -m rayjobs.train --data s3://bucket/datasets/cifar10-lt-imb100 --storage s3://bucket/runs \\
         --name c10-twohead-s0 --preset cifar10-lt --num-workers 4 --use-gpu --max-failures 3
 
-- ``TorchTrainer`` + ``ScalingConfig(num_workers, use_gpu)``; ``--num-workers MIN-MAX`` is elastic training.
+- ``TorchTrainer`` + ``ScalingConfig(num_workers, use_gpu, accelerator_type)``; ``--num-workers MIN-MAX`` is
+  elastic training: Ray Train starts with as many workers as the cluster holds (at least MIN), asks the
+  autoscaler for MAX, and every ``--elastic-resize-interval`` seconds restarts the group, from the latest
+  checkpoint, at the size the cluster now holds. ``--accelerator-type A100`` keeps the workers on nodes of
+  that GPU type (the ``accelerator_type:A100`` resource of cluster.yaml's node types).
 - ``RunConfig(name, storage_path, failure_config=FailureConfig(max_failures))``: Ray Train keeps the
   checkpoints under ``<storage>/<name>/``; a failed worker group restarts from the latest one, and running
   the same command again (same ``--name``) resumes the run instead of starting over.
 - The per-worker function is thin: config -> :class:`~rayjobs.stream.RayBatchSource` over
   ``ray.train.get_dataset_shard("train")`` + :class:`RayReporter` -> ``twohead.loop.fit``.
+- ``--gpu-decode``: streamed JPEGs are decoded, cropped and flipped on the training GPUs (nvJPEG) instead of by
+  Ray Data's CPU workers (:mod:`rayjobs.stream`).
 - ``--stream auto`` (default) streams large-image datasets (ImageNet-LT) with Ray Data every epoch, and has
   each worker load small-image ones (CIFAR, Tiny-ImageNet, the 32 px stand-in: at most a few hundred MB
   decoded) from the same shards once, into device memory: their epochs are shorter than a Ray Data pass's
@@ -85,29 +91,31 @@ def parse_workers(text: str | int) -> int | tuple[int, int]:
 
 
 def check_capacity(
-    num_workers: int | tuple[int, int], use_gpu: bool, cpus_per_worker: float = 1.0, data_cpus: float = 1.0
+    num_workers: int | tuple[int, int],
+    use_gpu: bool,
+    cpus_per_worker: float = 1.0,
+    data_cpus: float = 1.0,
+    accelerator_type: str | None = None,
 ) -> dict[str, float]:
     """Raise :class:`InsufficientResourcesError` if the cluster can never hold the (minimum) worker group.
 
-    The ceiling is the autoscaler's maximum when the cluster was launched with one (``cluster.yaml``), else
-    the resources of the nodes up now (a fixed cluster). Ray Data's decoding needs ``data_cpus`` besides
-    the workers' CPUs, or the stream would wait forever.
+    The ceiling is :func:`rayjobs.cluster_config.cluster_ceiling`: the autoscaler's maximum when the cluster has one (``cluster.yaml``),
+    else the nodes up now. With ``accelerator_type`` the workers must fit on node types that carry it. Ray
+    Data's decoding needs ``data_cpus`` besides the workers' CPUs, or the stream would wait forever.
     """
-    import ray
+    from rayjobs.cluster_config import ACCELERATOR_PREFIX, cluster_ceiling
 
     need_workers = num_workers[0] if isinstance(num_workers, tuple) else num_workers
-    ceiling = None
-    try:
-        from ray._private.state import state
-
-        ceiling = state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001 - older Ray / no autoscaler state: fall back to the live cluster
-        ceiling = None
-    source = "the autoscaler's maximum (cluster config)"
-    if not ceiling:
-        ceiling, source = ray.cluster_resources(), "the cluster's nodes (no autoscaler configured)"
+    ceiling, source = cluster_ceiling(accelerator_type)
+    if accelerator_type and not ceiling:
+        have = sorted({k[len(ACCELERATOR_PREFIX) :] for k in cluster_ceiling()[0] if k.startswith(ACCELERATOR_PREFIX)})
+        raise InsufficientResourcesError(
+            f"--accelerator-type {accelerator_type}: no node of {source} carries accelerator_type:{accelerator_type} "
+            f"(accelerator types there: {', '.join(have) or 'none'}); pick one of those or add such a node type"
+        )
     need = {"GPU": float(need_workers)} if use_gpu else {}
     need["CPU"] = need_workers * cpus_per_worker + data_cpus
+    on = f" on {accelerator_type} nodes" if accelerator_type else ""
     for res, amount in need.items():
         have = float(ceiling.get(res, 0))
         if amount > have:
@@ -115,7 +123,7 @@ def check_capacity(
                 f" ({need_workers} workers x {cpus_per_worker:g} CPU + {data_cpus:g} CPU for Ray Data)" if res == "CPU" else ""
             )
             raise InsufficientResourcesError(
-                f"--num-workers {need_workers} needs {amount:g} {res}{extra}, but {source} has {have:g} {res}; "
+                f"--num-workers {need_workers} needs {amount:g} {res}{extra}, but {source} has {have:g} {res}{on}; "
                 f"use at most --num-workers {int(max(0, (have - (data_cpus if res == 'CPU' else 0)) // (cpus_per_worker if res == 'CPU' else 1)))}"
                 f" or a larger cluster"
             )
@@ -173,6 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """What each Ray Train worker runs: build the inputs, call the one training loop, upload rank 0's results."""
     import ray
     import ray.train
+    import ray.train.torch
 
     from rayjobs.stream import (
         CPU_AUGMENT_MIN_SIZE,
@@ -203,6 +212,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             augmented=manifest.image_size >= CPU_AUGMENT_MIN_SIZE,
             prefetch_batches=config["prefetch_batches"],
             seed=cfg.optim.seed,
+            gpu_decode_size=manifest.image_size if config.get("gpu_decode") else None,
+            device=ray.train.torch.get_device() if config.get("gpu_decode") else None,
         )
     reporter = RayReporter(out_dir, rank, config.get("fault"))
     metrics = fit(cfg, out_dir=out_dir, data=data, train_source=source, reporter=reporter)
@@ -253,6 +264,9 @@ def run(
     name: str,
     num_workers: int | tuple[int, int] = 1,
     use_gpu: bool = False,
+    accelerator_type: str | None = None,
+    elastic_resize_interval_s: float = 60.0,
+    gpu_decode: bool = False,
     max_failures: int = 0,
     cpus_per_worker: float = 1.0,
     placement_strategy: str = "PACK",
@@ -289,6 +303,8 @@ def run(
 
     if "/" in name or not name or name in (".", ".."):
         raise ValueError(f"--name {name!r} must be a plain folder name")
+    if not elastic_resize_interval_s >= 0:
+        raise ValueError(f"--elastic-resize-interval {elastic_resize_interval_s!r} must be >= 0 seconds")
     if verify not in ("full", "size"):
         raise ValueError(f"verify={verify!r}; allowed: full (sha256), size")
     if stream not in ("auto", "on", "off"):
@@ -307,6 +323,13 @@ def run(
     if stream == "off" and labels:
         raise ValueError("an explicit labels file is applied to streamed rows: use stream=on (or auto)")
     in_memory = stream == "off" or (stream == "auto" and small and not labels)
+    if gpu_decode and not use_gpu:
+        raise ValueError("--gpu-decode decodes on the training GPUs: add --use-gpu")
+    if gpu_decode and in_memory:
+        raise ValueError(
+            f"--gpu-decode is for streamed images of at least {CPU_AUGMENT_MIN_SIZE} px (ImageNet-LT); "
+            f"{manifest.url} ({manifest.image_size} px) is loaded into memory once"
+        )
 
     lookup = None
     labels_url = None
@@ -317,7 +340,7 @@ def run(
 
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
-    check_capacity(num_workers, use_gpu, cpus_per_worker, data_cpus=0.0 if in_memory else 1.0)
+    check_capacity(num_workers, use_gpu, cpus_per_worker, data_cpus=0.0 if in_memory else 1.0, accelerator_type=accelerator_type)
 
     from ray.data import DataContext
 
@@ -325,7 +348,16 @@ def run(
     counter = ray.remote(SkipCounter).options(num_cpus=0).remote() if skip and not in_memory else None
     datasets = None
     if not in_memory:
-        datasets = {"train": train_dataset(manifest, lookup=lookup, skip_invalid=skip, counter=counter, seed=cfg.optim.seed)}
+        datasets = {
+            "train": train_dataset(
+                manifest,
+                lookup=lookup,
+                skip_invalid=skip,
+                counter=counter,
+                seed=cfg.optim.seed,
+                decode="gpu" if gpu_decode else "cpu",
+            )
+        }
 
     fs, storage_path = storage.resolve(storage_url)
     run_url = storage.join(storage_url, name)
@@ -347,6 +379,7 @@ def run(
             "in_memory": in_memory,
             "counter": counter,
             "prefetch_batches": prefetch_batches,
+            "gpu_decode": gpu_decode,
             "fault": fault,
         },
         scaling_config=ScalingConfig(
@@ -354,6 +387,8 @@ def run(
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus_per_worker},
             placement_strategy=placement_strategy,
+            accelerator_type=accelerator_type,
+            elastic_resize_monitor_interval_s=elastic_resize_interval_s,
         ),
         run_config=RunConfig(
             name=name,
@@ -390,6 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-workers", type=parse_workers, default=1, help="N, or MIN-MAX for elastic training")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    p.add_argument(
+        "--accelerator-type",
+        help="run the workers only on nodes of this accelerator type (Ray's names: A10G, A100, H100, L4, ...); "
+        "cluster.yaml's GPU node types carry it as the resource accelerator_type:<type>",
+    )
+    p.add_argument(
+        "--elastic-resize-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --num-workers MIN-MAX: how often Ray Train looks for room to grow the worker group (default 60)",
+    )
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument(
         "--placement-strategy",
@@ -414,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or decide by size (auto: small images in memory)",
     )
     p.add_argument("--prefetch-batches", type=int, default=4)
+    p.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="streamed JPEGs (ImageNet-LT) are decoded, cropped and flipped on the training GPU "
+        "(torchvision.io.decode_jpeg, nvJPEG) instead of by Ray Data's CPU workers; needs --use-gpu",
+    )
     return p
 
 
@@ -432,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             num_workers=args.num_workers,
             use_gpu=args.use_gpu,
+            accelerator_type=args.accelerator_type,
+            elastic_resize_interval_s=args.elastic_resize_interval,
+            gpu_decode=args.gpu_decode,
             max_failures=args.max_failures,
             cpus_per_worker=args.cpus_per_worker,
             placement_strategy=args.placement_strategy,
@@ -452,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {k: m.get(k) for k in keys}
             | {"results": out["results_url"], "restored_epoch": out.get("restored_epoch"), "in_memory": out.get("in_memory")}
+            # The final worker group: its size (elastic runs grow and shrink) and the nodes it ran on.
+            | {"workers": out.get("world"), "nodes": out.get("nodes")}
         )
     )
     return 0

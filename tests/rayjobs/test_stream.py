@@ -179,3 +179,67 @@ def test_ltdata_from_manifest(s3_ds, data):
         np.testing.assert_array_equal(getattr(d, name).ids, getattr(data, name).ids)
     other = stream.ltdata_from_manifest(s3_ds, with_eval=False)
     assert other.val is None and len(other.test) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Large images: decode + RandomResizedCrop on the CPU workers, or encoded for the training GPU
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def jpeg_ds(tmp_path_factory) -> Manifest:
+    """48 generated 256 px JPEGs in 10 classes, a 224 px dataset (ImageNet-size crops)."""
+    from rayjobs.bench_ray import jpeg_dataset
+
+    return jpeg_dataset(f"file://{tmp_path_factory.mktemp('jpeg')}/ds", 48, width=256, height=256, num_classes=10)
+
+
+def test_stream_and_dataloader_crop_with_one_function(jpeg_ds, tmp_path):
+    """The same bytes and random state give the same crop in Ray Data's UDF and in the local DataLoader."""
+    import torch
+
+    from twohead.data import Split
+    from twohead.data.loader import FileDataset
+
+    b = _batch(jpeg_ds, rows=4)
+    files = []
+    for i, blob in enumerate(b["image"]):
+        files.append(tmp_path / f"{i}.jpg")
+        files[-1].write_bytes(blob)
+    ds = FileDataset(Split(b["label"], b["id"], files=[str(f) for f in files], image_size=224), train=True)
+    for i in range(4):
+        torch.manual_seed(i)
+        streamed = stream.decode_batch(
+            {k: v[i : i + 1] for k, v in b.items()}, num_classes=10, size=224, augment=True, lookup=None
+        )
+        torch.manual_seed(i)
+        local, label, _ = ds[i]
+        assert streamed["image"].shape == (1, 224, 224, 3) and label == b["label"][i]
+        np.testing.assert_array_equal(streamed["image"][0], local.permute(1, 2, 0).numpy())
+
+
+def test_gpu_decode_streams_checked_bytes_and_names_bad_rows(jpeg_ds, s3_ds):
+    b = _batch(jpeg_ds, rows=6)
+    kw = {"num_classes": 10, "size": 224, "augment": True, "lookup": None, "url_prefix": "", "decode": "gpu"}
+    out = stream.decode_batch(b, **kw)
+    assert [bytes(x) for x in out["image"]] == [bytes(x) for x in b["image"]]  # passed on undecoded
+    np.testing.assert_array_equal(out["id"], b["id"])
+    b["image"] = b["image"].copy()
+    b["image"][4] = b"not an image"
+    with pytest.raises(stream.RowError, match=rf"row id {b['id'][4]}: undecodable image: UnidentifiedImageError"):
+        stream.decode_batch(b, **kw)
+    assert len(stream.decode_batch(b, **kw, skip_invalid=True)["image"]) == 5
+    with pytest.raises(ValueError, match=r"decode=gpu is for images of at least 65 px; .* has 32 px"):
+        stream.train_dataset(s3_ds, lookup=None, decode="gpu")  # CIFAR: decoded whole on the CPU workers
+
+
+def test_gpu_decode_path_end_to_end_on_the_cpu(ray_session, jpeg_ds):
+    """Ray Data streams encoded JPEGs; RayBatchSource decodes and crops each batch with decode_jpeg on its device
+    (the CPU here; device="cuda" on a GPU worker runs the same code on nvJPEG)."""
+    ds = stream.train_dataset(jpeg_ds, lookup=None, decode="gpu")
+    src = stream.RayBatchSource(ds.iterator(), batch_size=16, num_samples=48, augmented=True, gpu_decode_size=224, device="cpu")
+    labels = []
+    for x, y, k in src.batches(0):
+        assert tuple(x.shape[1:]) == (3, 224, 224) and str(x.dtype) == "torch.uint8"
+        assert x.float().std() > 5  # real pixels, not a blank tensor
+        assert y.tolist() == k.tolist()  # no class division: cluster id = class
+        labels += y.tolist()
+    assert sorted(labels) == sorted(np.arange(48) % 10)

@@ -3,7 +3,8 @@
 reaches the model's resolution (evaluation and :func:`twohead.load`'s ``predict`` share it).
 
 :class:`FileDataset` yields ``(uint8 [3, S, S], label, position)``: augmentation happens here (ImageNet
-recipe: RandomResizedCrop + horizontal flip for training; resize to S/0.875 + center crop for evaluation), while
+recipe: RandomResizedCrop + horizontal flip for training, decoded at the smallest JPEG scale that covers the crop,
+:func:`twohead.data.decode_crop.decode_random_resized_crop`; resize to S/0.875 + center crop for evaluation), while
 normalisation with ``LTData.mean/std`` is left to the loop, on the device, exactly as for in-memory splits.
 ``position`` is the sample's index in the split, so the loop can look up its cluster id (Sec. 2.2).
 """
@@ -18,6 +19,7 @@ import numpy as np
 from torch.utils.data import Dataset, default_collate
 
 from twohead.config import DataConfig
+from twohead.data.decode_crop import decode_random_resized_crop
 from twohead.data.files import IN_MEMORY_MAX_SIDE
 from twohead.data.sources import ArraySource, FileSource, decode_bytes, fit_size
 from twohead.data.types import DataError, Split
@@ -80,7 +82,6 @@ class FileDataset(Dataset):
     """
 
     def __init__(self, split: Split, train: bool, image_size: int | None = None, skip_corrupt: bool = False):
-        from torchvision.transforms import v2
 
         if split.files is None:
             raise DataError("FileDataset needs a file-backed split (Split.files); in-memory splits are batched directly")
@@ -91,10 +92,9 @@ class FileDataset(Dataset):
             raise DataError(f"FileDataset image_size={self.size} must be >= 1")
         self.skip_corrupt = skip_corrupt
         self.augmented = train  # the BatchSource flag: crop/flip already applied
-        if train:
-            self.transform = v2.Compose([v2.RandomResizedCrop(self.size, antialias=True), v2.RandomHorizontalFlip()])
-        else:
-            self.transform = eval_transform(self.size)
+        self.train = train
+        # Training decodes through decode_random_resized_crop (in __getitem__); evaluation uses the eval crop.
+        self.transform = eval_transform(self.size)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -106,13 +106,14 @@ class FileDataset(Dataset):
         except OSError as e:
             raise DataError(f"cannot read image file {path} (row {i}): {e}") from None
         try:
-            img = decode_bytes(data)
+            # Training: crop box first, then decode only as many pixels as it needs (one function with Ray Data).
+            img = decode_random_resized_crop(data, self.size) if self.train else self.transform(decode_bytes(data))
         except ValueError as e:
             if self.skip_corrupt:
                 log.warning("skipping undecodable image %s (row %d): %s", path, i, e)
                 return None
             raise DataError(f"cannot decode image file {path} (row {i}): {e}; set data.skip_corrupt=true to skip it") from None
-        return self.transform(img), int(self.labels[i]), i
+        return img, int(self.labels[i]), i
 
 
 def collate_skip_corrupt(batch: list):
