@@ -160,9 +160,18 @@ def _user_embedding(url: str, ids: np.ndarray) -> np.ndarray:
 # Computing and writing
 # --------------------------------------------------------------------------------------------
 def compute_clusters(
-    manifest: Manifest, method: str = "random", u: int = 10, rounding: str = "ceil", seed: int = 0, embedding: str = "pca"
+    manifest: Manifest,
+    method: str = "random",
+    u: int = 10,
+    rounding: str = "ceil",
+    seed: int = 0,
+    embedding: str = "pca",
+    thumbs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Any]:
-    """``(ids, clusters, plan)`` for the train split, in ``build_data`` order."""
+    """``(ids, clusters, plan)`` for the train split, in ``build_data`` order.
+
+    ``thumbs``: the train images at ``THUMB_SIZE`` px in ``pos`` order, when already decoded (a search decodes
+    them once per dataset, :mod:`rayjobs.dataplane`)."""
     from twohead.division import DivisionPlan, assign_clusters, pixel_embedding
 
     cols = read_train_columns(manifest)
@@ -176,7 +185,8 @@ def compute_clusters(
     emb = None
     if method != "random":
         if embedding in ("pca", "pixels"):
-            thumbs = _decode_thumbnails(manifest, THUMB_SIZE)
+            if thumbs is None:
+                thumbs = _decode_thumbnails(manifest, THUMB_SIZE)
             emb = (
                 thumbs.reshape(len(thumbs), -1).astype(np.float32) / 255.0
                 if embedding == "pixels"
@@ -202,6 +212,7 @@ def write_labels(
     *,
     overwrite: bool = False,
     url: str | None = None,
+    thumbs: np.ndarray | None = None,
 ) -> str:
     """Compute and publish a labels file (atomic); refuses to replace an existing one unless ``overwrite``."""
     import pyarrow as pa
@@ -210,7 +221,7 @@ def write_labels(
     url = url or labels_url(manifest.url, method, u, rounding, seed, embedding)
     if not overwrite and storage.exists(url):
         raise FileExistsError(f"{url} already exists; pass --overwrite to recompute it")
-    ids, clusters, plan = compute_clusters(manifest, method, u, rounding, seed, embedding)
+    ids, clusters, plan = compute_clusters(manifest, method, u, rounding, seed, embedding, thumbs)
     meta = {
         "method": method,
         "u": str(u),
@@ -340,17 +351,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="cluster seed: the run's method.cluster_seed, else its optim.seed")
     p.add_argument("--embedding", default=d.embedding, help="pca | pixels | URL of an (id, vector) Parquet file")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--address", help="Ray address for decoding (kmeans/hierarchical; default: the job's cluster or a local one)")
+    p.add_argument(
+        "--address", help="Ray cluster that decodes the images (kmeans/hierarchical; default: RAY_ADDRESS, else a local Ray)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        manifest = storage.read_manifest(args.data)
-        if args.method != "random" and args.embedding in ("pca", "pixels"):
-            import ray
+    from rayjobs.connect import RayAddressError, connect, resolve
 
-            ray.init(address=args.address, log_to_driver=False)  # None: the job's cluster (RAY_ADDRESS) or a local one
+    try:
+        decode_on_ray = args.method != "random" and args.embedding in ("pca", "pixels")
+        target = resolve(args.address) if decode_on_ray else None  # checked before anything is read or written
+        manifest = storage.read_manifest(args.data)
+        if decode_on_ray:
+            connect(target, log_to_driver=False, include_dashboard=False)
         url = write_labels(manifest, args.method, args.u, args.rounding, args.seed, args.embedding, overwrite=args.overwrite)
-    except (DatasetError, storage.StorageError, FileExistsError, ValueError) as e:
+    except (DatasetError, storage.StorageError, FileExistsError, ValueError, RayAddressError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {url}")

@@ -1,21 +1,16 @@
-"""The study of a search and the report it leaves behind: best config, all trials (Markdown + CSV), plots.
+"""The report a search leaves behind: best config, all trials (Markdown + CSV), plots (Ray-free).
 
 Everything is read back from the Optuna study (the RDB is the source of truth: it outlives drivers, holds the
 trials of a resumed search and is what ``optuna-dashboard`` shows). Per-trial extras that Optuna does not
-optimise are user attributes recorded by the search driver: ``epochs`` trained, the last ``val_*`` metrics,
-the final ``test_*`` metrics and the trial's ``run_dir``.
+optimise are user attributes recorded by the search's searcher: ``epochs`` trained, the last ``val_*`` metrics,
+the final ``test_*`` metrics, the trial's ``run_dir`` and, with ``--data``, its ``data_uri`` and ``labels_uri``.
 
-The configuration is **chosen on the validation metric only**; test metrics are printed next to it and never
-compared. Trials that ASHA stopped early appear in Optuna as COMPLETE with the validation value of their last
-epoch (notes/ray-2.60.md), which is not comparable to a fully trained trial's: the best is therefore picked
-among trials that trained every epoch, and only when none did, among all completed ones.
+The configuration is **chosen on the validation metric only**, among the COMPLETE trials (those that trained all
+their epochs); test metrics are printed next to it and never compared. Trials that ASHA stopped early are PRUNED
+in the study, with the validation value of their last validated epoch: they are listed and plotted, never chosen.
 
-The study side lives here too, so that it can be used without Ray: opening the storage (an ``RDBStorage``:
-SQLite file by default, PostgreSQL on clusters) with a clear error when it cannot be opened, refusing a study of
-the other direction before any trial, and the search record in the results folder (``search_space.yaml``,
-``search.json``) that makes a re-run a resume and lets ``--retrain-best`` find the search.
-
-Ray-free (Optuna, pandas, matplotlib): ``python -m rayjobs.report DIR`` rebuilds a report from a search folder.
+``python -m rayjobs.report WHERE`` rebuilds the report of the search recorded at ``WHERE``: its ``--out`` folder,
+or the record URL in object storage (``s3://.../<study>``), where the report is written back.
 """
 
 from __future__ import annotations
@@ -23,15 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
-import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from twohead import atomic
 
 if TYPE_CHECKING:  # optuna is imported lazily: `import rayjobs.report` stays cheap
     import optuna
@@ -41,20 +36,13 @@ if TYPE_CHECKING:  # optuna is imported lazily: `import rayjobs.report` stays ch
 
 __all__ = [
     "Report",
-    "SearchError",
+    "dashboard_command",
+    "main",
+    "retrain_command",
     "select_best",
     "trial_rows",
     "write_report",
     "write_retrain_report",
-    "dashboard_command",
-    "default_storage_url",
-    "display_url",
-    "open_storage",
-    "open_study",
-    "save_search_folder",
-    "load_search_folder",
-    "retrain_command",
-    "main",
 ]
 
 REPORT_DIR = "report"
@@ -75,9 +63,12 @@ class Report:
 
 
 def dashboard_command(storage_url: str) -> str:
-    """The shell command that serves the study live (optuna-dashboard takes the storage URL)."""
+    """The shell command that serves the study live (optuna-dashboard takes the storage URL; ``env:NAME`` is
+    passed as ``"$NAME"`` so the password stays in the environment)."""
     import shlex
 
+    if storage_url.startswith("env:"):
+        return f'optuna-dashboard "${storage_url[4:]}"'
     return f"optuna-dashboard {shlex.quote(storage_url)}"
 
 
@@ -92,26 +83,13 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def _fully_trained(trials: Sequence[FrozenTrial], max_epochs: int) -> list[FrozenTrial]:
-    return [t for t in trials if int(t.user_attrs.get("epochs", -1)) >= max_epochs]
-
-
 def select_best(study: optuna.Study, spec: SearchSpec) -> tuple[FrozenTrial | None, str]:
-    """The best trial by the validation metric, and a sentence saying which trials it was chosen among."""
+    """The best COMPLETE trial by the validation metric, and a sentence saying which trials it was chosen among."""
     done = _complete(study)
     if not done:
-        return None, "no trial completed"
-    full = _fully_trained(done, spec.max_epochs)
-    pool, note = (
-        (full, f"among the {len(full)} trials that trained all {spec.max_epochs} epochs")
-        if full
-        else (
-            done,
-            f"among all {len(done)} completed trials (none trained all {spec.max_epochs} epochs; ASHA stopped them early)",
-        )
-    )
+        return None, "no trial trained all its epochs"
     pick = max if spec.mode == "max" else min
-    return pick(pool, key=lambda t: t.value), note
+    return pick(done, key=lambda t: t.value), f"among the {len(done)} trials that trained all their epochs"
 
 
 def trial_rows(study: optuna.Study, spec: SearchSpec) -> list[dict[str, Any]]:
@@ -146,24 +124,8 @@ def _md_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- files
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _atomic_text(path: Path, text: str) -> Path:
-    """Write to a temp name in the same folder, then rename: a crash never leaves a truncated file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic.write_text(path, text)
 
 
 def _save_axes(ax: Any, path: Path) -> Path:
@@ -173,16 +135,11 @@ def _save_axes(ax: Any, path: Path) -> Path:
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     fig.set_size_inches(7, 4.5)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
+        with atomic.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -246,15 +203,18 @@ def write_report(
     storage_display: str,
     retrain_command: str,
     extra_lines: Sequence[str] = (),
+    shown_folder: str | None = None,
 ) -> Report:
-    """Write ``out_dir/report/`` (report.md, trials.csv, best.json, best_config.yaml, PNG plots)."""
+    """Write ``out_dir/report/`` (report.md, trials.csv, best.json, best_config.yaml, PNG plots).
+
+    ``shown_folder``: where the report is published (named in its text), when not ``out_dir/report``."""
     from optuna.trial import TrialState
 
     folder = Path(out_dir) / REPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    shown = shown_folder or str(folder)
     best, note = select_best(study, spec)
-    done = _complete(study)
-    pool = _fully_trained(done, spec.max_epochs) or done
+    pool = _complete(study)
     files, skipped = _plots(study, spec, folder, pool)
 
     rows = trial_rows(study, spec)
@@ -285,7 +245,10 @@ def write_report(
     ]
     best_info: dict[str, Any] | None = None
     if best is None:
-        lines += ["No trial completed: nothing to report (see the trial errors in the Tune experiment folder).", ""]
+        lines += [
+            "No trial trained all its epochs yet: nothing to choose (pruned, failed or unfinished trials are listed below).",
+            "",
+        ]
     else:
         overrides = spec.overrides(best.params)
         best_info = {
@@ -318,7 +281,7 @@ def write_report(
             if test
             else "Test: not reported (the trial did not reach its last epoch).",
             "",
-            f"Full config: `{folder / 'best_config.yaml'}`"
+            f"Full config: `{shown}/best_config.yaml`"
             + (f"; run folder: `{best_info['run_dir']}`" if best_info["run_dir"] else ""),
             "",
             "Retrain it on several seeds (mean +- std of the validation and test metrics):",
@@ -331,7 +294,7 @@ def write_report(
     lines += [
         "## All trials",
         "",
-        f"CSV: `{folder / 'trials.csv'}`",
+        f"CSV: `{shown}/trials.csv`",
         "",
         _md_table(rows, [c for c in rows[0] if c != "run_dir"]) if rows else "(none)",
         "",
@@ -378,201 +341,52 @@ def write_retrain_report(
     return folder / "retrain.md", text
 
 
-# ------------------------------------------------------------------------------------ study and storage
-class SearchError(RuntimeError):
-    """The study storage cannot be used as asked (unreachable URL, conflicting study, different search)."""
-
-
-SPACE_FILE = "search_space.yaml"  # the resolved search space, in the YAML form load_search_space reads
-META_FILE = "search.json"  # storage URL (password hidden), experiment path
-
-
-def default_storage_url(out_dir: str | Path, study_name: str) -> str:
-    """Embedded default: a SQLite file in the results folder (``sqlite:////abs/out/<study>.db``)."""
-    return f"sqlite:///{(Path(out_dir) / f'{study_name}.db').resolve()}"
-
-
-def display_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print and to write into the results folder)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: the error is reported when it is opened
-        return url
-
-
-def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    import optuna
-
-    for attempt in range(3):
-        try:
-            return optuna.storages.RDBStorage(url)
-        except Exception as exc:  # noqa: BLE001
-            # Two processes creating the schema of a new database at once (a driver and a dashboard, two
-            # drivers): one of them sees "table ... already exists". The schema is there now: try again.
-            if "already exists" in str(exc) and attempt < 2:
-                time.sleep(0.5)
-                continue
-            raise
-    raise AssertionError("unreachable")
-
-
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An ``RDBStorage`` (an object, not a URL string: Ray's OptunaSearch requires it), or SearchError."""
-    shown = display_url(url)
-    try:
-        return _rdb_storage(url)
-    except ModuleNotFoundError as exc:
-        raise SearchError(
-            f"cannot open Optuna storage {shown}: its database driver {exc.name!r} is not installed "
-            "(PostgreSQL: pip install psycopg2-binary)"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types; all mean "cannot open"
-        raise SearchError(f"cannot open Optuna storage {shown}: {type(exc).__name__}: {exc}".strip()) from exc
-
-
-def open_study(url: str, spec: SearchSpec, *, create: bool = True, storage: Any = None) -> optuna.Study:
-    """Load or create the study named ``spec.study_name``; refuse one made for another direction or metric.
-
-    The check runs before any trial: Optuna's ``load_if_exists`` would otherwise silently reuse a study whose
-    direction is the opposite of ``spec.mode`` and mix the two searches.
-    """
-    import optuna
-    from optuna.study import StudyDirection
-
-    storage = storage or open_storage(url)
-    want = StudyDirection.MAXIMIZE if spec.mode == "max" else StudyDirection.MINIMIZE
-    try:
-        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    except Exception as exc:  # noqa: BLE001
-        raise SearchError(f"cannot read studies from {display_url(url)}: {type(exc).__name__}: {exc}") from exc
-    found = existing.get(spec.study_name)
-    if found is not None:
-        if list(found.directions) != [want]:
-            have = "/".join(d.name.lower() for d in found.directions)
-            raise SearchError(
-                f"study {spec.study_name!r} in {display_url(url)} exists with direction {have}, but this search is "
-                f"mode={spec.mode} ({want.name.lower()}); use another --study-name or storage"
-            )
-        metric = found.user_attrs.get("metric")
-        if metric is not None and metric != spec.metric:
-            raise SearchError(
-                f"study {spec.study_name!r} in {display_url(url)} optimises {metric!r}, this search {spec.metric!r}; "
-                "use another --study-name or storage"
-            )
-    elif not create:
-        raise SearchError(f"study {spec.study_name!r} not found in {display_url(url)}; it holds {sorted(existing) or 'no study'}")
-    study = optuna.create_study(storage=storage, study_name=spec.study_name, direction=want.name.lower(), load_if_exists=True)
-    if found is None:
-        study.set_user_attr("metric", spec.metric)
-    return study
-
-
-def space_dict(spec: SearchSpec) -> dict[str, Any]:
-    """The spec in the YAML form :func:`rayjobs.search_space.load_search_space` reads, base fully resolved."""
-    d = spec.to_dict()
-    flat = {f"{section}.{k}": v for section, values in d["base"].items() for k, v in values.items()}
-    return {
-        "study_name": d["study_name"],
-        "base": {"set": flat},
-        "metric": d["metric"],
-        "mode": d["mode"],
-        "params": d["params"],
-        "search": d["search"],
-        "resources": d["resources"],
-    }
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def save_search_folder(out_dir: Path, spec: SearchSpec, storage_url: str, experiment: str) -> None:
-    """Record the search in ``out_dir`` (first run), or check that a re-run is the same search (resume).
-
-    Resources may change between runs (they only affect scheduling); anything else that differs would mix two
-    searches in one study and one Tune experiment, so it is refused with the differing keys.
-    """
-    import yaml
-
-    from rayjobs.search_space import load_search_space
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    new = space_dict(spec)
-    path = out_dir / SPACE_FILE
-    if path.is_file():
-        old = _flatten(space_dict(load_search_space(path)))
-        cur = _flatten(new)
-        diff = [k for k in sorted(set(old) | set(cur)) if not k.startswith("resources.") and old.get(k) != cur.get(k)]
-        if diff:
-            detail = "; ".join(f"{k.replace('base.set.', 'base ')}: {old.get(k)!r} -> {cur.get(k)!r}" for k in diff)
-            raise SearchError(
-                f"{out_dir} holds a different search ({path}); a resumed search must use the same space and options "
-                f"(only resources may change). Differences: {detail}. Use another --out for a new search."
-            )
-    else:
-        _atomic_text(path, yaml.safe_dump(new, sort_keys=False))
-    meta_path = out_dir / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if meta.get("storage") not in (None, display_url(storage_url)):
-        raise SearchError(
-            f"{out_dir} was searched with storage {meta['storage']}, now {display_url(storage_url)}; pass the same --storage to resume"
-        )
-    meta.update(storage=display_url(storage_url), study_name=spec.study_name, experiment=experiment)
-    _atomic_text(meta_path, json.dumps(meta, indent=1))
-
-
-def load_search_folder(out_dir: Path, storage_url: str | None = None) -> tuple[SearchSpec, str, str]:
-    """(spec, storage URL, URL for display) of a finished or running search folder."""
-    from rayjobs.search_space import load_search_space
-
-    path = out_dir / SPACE_FILE
-    if not path.is_file():
-        raise SearchError(
-            f"{out_dir} is not a search folder: {path} is missing (run python -m rayjobs.search --out {out_dir} first)"
-        )
-    spec = load_search_space(path)
-    meta = json.loads((out_dir / META_FILE).read_text()) if (out_dir / META_FILE).is_file() else {}
-    url = storage_url or meta.get("storage") or default_storage_url(out_dir, spec.study_name)
-    if "***" in url:
-        raise SearchError(f"the storage of {out_dir} has a password ({url}); pass the full URL with --storage")
-    return spec, url, display_url(url)
-
-
-def retrain_command(out_dir: Path, storage_url: str | None = None, seeds: int = 3) -> str:
+def retrain_command(where: str | Path, storage_ref: str | None = None, seeds: int = 3) -> str:
     """The command that retrains the best config of a search on several seeds (mean +- std)."""
     import shlex
 
-    cmd = f"python -m rayjobs.search --retrain-best {shlex.quote(str(out_dir))} --seeds {seeds}"
-    if storage_url and not storage_url.startswith("sqlite:"):
-        cmd += f" --storage {shlex.quote(display_url(storage_url))}"
+    cmd = f"python -m rayjobs.search --retrain-best {shlex.quote(str(where))} --seeds {seeds}"
+    if storage_ref and not storage_ref.startswith("sqlite:"):
+        cmd += f" --storage {shlex.quote(storage_ref)}"
     return cmd
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m rayjobs.report DIR [--storage URL]``: rebuild DIR/report from the study (no Ray needed)."""
+    """``python -m rayjobs.report WHERE [--storage URL] [--out DIR]``: rebuild the report of the search recorded at
+    WHERE (a search folder, or the record URL in object storage, where the report is written back; no Ray)."""
+    from rayjobs import storage as store
+    from rayjobs.study import SearchError, load_record, open_study, record_storage
+
     ap = argparse.ArgumentParser(prog="python -m rayjobs.report", description=main.__doc__)
-    ap.add_argument("out", type=Path, help="search folder (holds search_space.yaml)")
-    ap.add_argument("--storage", default=None, help="Optuna storage URL (default: the one the search recorded)")
+    ap.add_argument("where", help="search folder (--out of the search) or its record URL (s3://bucket/prefix/<study>)")
+    ap.add_argument("--storage", default=None, help="Optuna storage URL or env:NAME (default: the one the search recorded)")
+    ap.add_argument("--out", type=Path, default=None, help="local folder for the report (default: WHERE when it is local)")
     args = ap.parse_args(argv)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    remote = store._is_object_store(args.where)
+    local = None if remote else Path(args.where)
     try:
-        spec, url, shown = load_search_folder(args.out, args.storage)
-        study = open_study(url, spec, create=False)
-    except (SearchError, ValueError) as exc:
+        record = load_record(args.where)
+        ss = record_storage(record, args.storage, args.out if remote else local)
+        study = open_study(ss.url, record.spec, create=False)
+    except (SearchError, store.StorageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rep = write_report(study, spec, args.out, storage_display=shown, retrain_command=retrain_command(args.out, args.storage))
+    out = args.out or local or Path(tempfile.mkdtemp(prefix="twohead-report-"))
+    root = record.root if remote else str(out)
+    rep = write_report(
+        study,
+        record.spec,
+        out,
+        storage_display=ss.display,
+        retrain_command=retrain_command(args.where, None if ss.ref == "default" else ss.ref),
+        shown_folder=store.join(root, REPORT_DIR),
+    )
+    if remote:
+        store.upload_dir(rep.folder, store.join(record.root, REPORT_DIR), last="report.md")
     print(rep.text)
     return 0
 

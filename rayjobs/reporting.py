@@ -5,10 +5,19 @@ On checkpoint epochs the loop's state is saved as ``state.pt`` in a temporary fo
 as a Checkpoint; ``restore`` reads the latest one back, so a restarted worker group, a restored trial or a rerun
 with the same name continues where it stopped. (The loop itself rewrites ``history.jsonl`` from the restored
 state.) Every rank reports; only rank 0 attaches the checkpoint (notes/ray-2.60.md).
+
+Rank 0 also publishes its run folder (``config.yaml``, ``history.jsonl``, then ``metrics.json`` and the plots)
+to ``upload_url`` before each report, so the folder is in storage even when the scheduler stops the run right
+after (ASHA) or the node disappears; a local ``upload_url`` that *is* the run folder is left alone.
+
+Fault injection (tests, drills): ``fault={"at_epoch": k, "marker": URL, "mode": "kill" | "raise"}`` kills rank 0
+once, at the end of epoch k before its report, and writes ``marker`` so the retry passes.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +42,18 @@ def flat_scalars(metrics: dict, prefix: str = "") -> dict:
 class TrainReporter:
     """``ray.train.report`` / ``ray.train.get_checkpoint`` (Ray Train workers)."""
 
-    def __init__(self, run_dir: str | Path | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path | None = None,
+        *,
+        upload_url: str | None = None,
+        extra: dict | None = None,
+        fault: dict | None = None,
+    ):
         self.run_dir = None if run_dir is None else str(run_dir)
+        self.upload_url = upload_url
+        self.extra = dict(extra or {})  # constant facts added to every report (data_uri, epochs_total, ...)
+        self.fault = fault or {}
         self.restored_epoch: int | None = None
 
     # -- the three Ray calls that differ between Train and Tune --------------------------------------------
@@ -73,10 +92,14 @@ class TrainReporter:
     def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
         # Ray results must be flat scalars (nested readings become "val_posthoc/la_tau1.0"); run_dir tells the search
         # report where metrics.json / PNGs are.
-        m = flat_scalars(metrics)
-        if self.run_dir is not None:
-            m["run_dir"] = self.run_dir
-        if make_state is None or self._rank() != 0:
+        rank = self._rank()
+        self._maybe_fail(int(metrics["epoch"]), rank)
+        m = {**flat_scalars(metrics), **self.extra}
+        if self.upload_url is not None or self.run_dir is not None:
+            m["run_dir"] = self.upload_url or self.run_dir
+        if rank == 0:
+            self._publish()
+        if make_state is None or rank != 0:
             self._report(m)
             return
         import torch
@@ -84,6 +107,27 @@ class TrainReporter:
         with tempfile.TemporaryDirectory(prefix="twohead-ckpt-") as d:
             torch.save(make_state(), Path(d) / STATE_FILE)
             self._report(m, checkpoint=self._checkpoint(d))
+
+    def _publish(self) -> None:
+        if self.upload_url is None or self.run_dir is None or not os.path.isdir(self.run_dir):
+            return
+        from rayjobs import storage
+
+        if storage.resolve(self.upload_url)[1] != storage.resolve(self.run_dir)[1]:
+            storage.upload_dir(self.run_dir, self.upload_url)
+
+    def _maybe_fail(self, epoch: int, rank: int) -> None:
+        at, marker = self.fault.get("at_epoch"), self.fault.get("marker")
+        if rank != 0 or not at or epoch != int(at) or not marker:
+            return
+        from rayjobs import storage
+
+        if storage.exists(marker):
+            return
+        storage.write_bytes(marker, f"killed rank 0 at the end of epoch {epoch}\n".encode())
+        if self.fault.get("mode") == "raise":
+            raise RuntimeError(f"injected failure at epoch {epoch} (TWOHEAD_FAIL_AT_EPOCH)")
+        os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-run, as on a preempted node
 
 
 class TuneReporter(TrainReporter):

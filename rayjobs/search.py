@@ -1,316 +1,67 @@
-"""Hyper-parameter search of twohead on Ray Tune: Optuna TPE + ASHA on the validation metric, study in an RDB.
+"""Hyper-parameter search of twohead on Ray Tune: Optuna TPE + ASHA on the validation metric (the driver).
 
 ``python -m rayjobs.search --preset smoke --out runs/smoke-search`` (the README's main job) runs a Ray Tune
-``Tuner`` whose trials each call the one training loop, :func:`twohead.loop.fit`, with a :class:`TuneReporter`
-that forwards the per-epoch metrics to Tune and stores checkpoints through it. ``OptunaSearch`` (TPE, seeded)
-proposes configurations from the search space (:mod:`rayjobs.search_space`, ``search_spaces/*.yaml``) and
-``ASHAScheduler`` stops weak trials early, both on the **validation** metric; test metrics are recorded with
-each trial and written into the report, never used for the choice.
+``Tuner`` whose trials (:mod:`rayjobs.trial`) each call the one training loop, :func:`twohead.loop.fit`. A
+:class:`~rayjobs.searcher.StudySearcher` proposes configurations from the search space (Optuna TPE, seeded) and
+records every trial's true outcome in the study; ``ASHAScheduler`` stops weak trials early. Both see only the
+**validation** metric; test metrics are recorded with each trial and reported, never used for the choice.
 
-- The study lives in an RDB: a SQLite file in the results folder by default, a PostgreSQL URL
-  (``--storage postgresql+psycopg2://...``) on clusters. ``optuna-dashboard <URL>`` shows it live.
-- A search killed half-way resumes with the same command: the Tune experiment under ``--out`` (or
-  ``--storage-path``) is restored with ``Tuner.restore`` and the same study; finished trials are kept and not
-  rerun, unfinished ones continue from their last checkpoint.
-- Trials request fractional GPUs (``--gpus-per-trial 0.16``: six trials share a card); with
-  ``workers_per_trial > 1`` each trial is a ``TorchTrainer`` (DDP) whose metrics reach Tune through
-  ``TuneReportCallback``.
-- Without ``--address`` / ``RAY_ADDRESS`` it starts a small local Ray with the dashboard on (Tune + ASHA needs
-  the State API to clean up stopped trials, notes/ray-2.60.md); with them it joins the cluster, which is what
-  ``ray job submit`` gives.
-- ``--retrain-best DIR --seeds N`` retrains the best configuration of a finished search on N seeds and
-  reports mean +- std.
+- ``--data URI`` (``s3://``, ``gs://``, ``file://`` or a folder prepared by ``rayjobs.prepare``): trials read the
+  shards through the data plane of ``rayjobs.train`` (:mod:`rayjobs.dataplane`); the manifest is checked once,
+  here, and the cluster labels of each (clustering, u, rounding, seed) are computed once, on the cluster.
+  Without it trials build the dataset locally (``TWOHEAD_DATA``), the embedded default.
+- ``--storage-path`` (a shared folder or ``s3://bucket/prefix``) holds everything the search produces: the Tune
+  experiment with every trial's checkpoints and run folder, the search record, the report, retrain results and
+  (default SQLite study) a snapshot of the study. ``--out`` is then a local mirror of the record and report.
+- The study: a SQLite file in ``--out`` by default; ``--storage env:NAME`` reads a PostgreSQL (any RDB) URL from
+  the environment so its password is never on a command line or in a file (:mod:`rayjobs.study`).
+- Resume: run the same command again. The experiment is restored (``Tuner.restore``) with the same study;
+  finished trials are kept, unfinished ones continue from their last checkpoint under their Optuna number.
+- Ctrl-C / SIGTERM: Tune snapshots the experiment, running trials stay RUNNING in the study (continued by the
+  rerun), the report is written and the command exits 130 / 143. A second signal stops at once.
+- ``--address`` / ``RAY_ADDRESS`` are checked to answer before anything is written (:mod:`rayjobs.connect`);
+  without them a local Ray is started (dashboard on: Tune + ASHA needs the State API, notes/ray-2.60.md).
+- Spot nodes: a failed trial is retried ``--max-failures`` times (default 3) from its last checkpoint.
+- ``--retrain-best DIR_OR_URL --seeds N`` retrains the best configuration on N seeds and reports mean +- std.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import logging
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
-
-from rayjobs.report import (
-    Report,
+from rayjobs import storage as store
+from rayjobs.connect import RayAddressError, connect, resolve
+from rayjobs.report import Report, dashboard_command, retrain_command, write_report
+from rayjobs.retrain import retrain_best
+from rayjobs.search_space import SearchSpaceError, SearchSpec, load_search_space
+from rayjobs.study import (
     SearchError,
-    dashboard_command,
-    default_storage_url,
-    display_url,
-    load_search_folder,
+    StudyStorage,
+    fetch_sqlite,
     open_storage,
     open_study,
-    retrain_command,
-    save_search_folder,
-    select_best,
-    write_report,
-    write_retrain_report,
+    publish_sqlite,
+    save_record,
+    study_storage,
+    update_record,
 )
-from rayjobs.reporting import STATE_FILE, TrainReporter, TuneReporter  # noqa: F401 (re-exported)
-from rayjobs.search_space import SearchSpaceError, SearchSpec, load_search_space
-from twohead.config import TrainConfig, apply_overrides
+from rayjobs.trial import TrialJob, run_trial
+from rayjobs.tuning import DEFAULT_MAX_FAILURES, check_resources, interrupts, new_tuner, restore_or_new, trainable
 
-__all__ = [
-    "TuneReporter",
-    "TrainReporter",
-    "RecordingOptunaSearch",
-    "SearchResult",
-    "run_search",
-    "retrain_best",
-    "connect_ray",
-    "main",
-]
+__all__ = ["DEFAULT_MAX_FAILURES", "SearchResult", "main", "retrain_best", "run_search"]
 
 log = logging.getLogger("rayjobs.search")
-
-RUN_SUBDIR = "run"  # the loop's out_dir inside a trial folder (config.yaml, history.jsonl, metrics.json, PNGs)
-# Per-trial facts copied into the Optuna study as user attributes (shown by optuna-dashboard, used by the
-# report). test_* is recorded here only: the searcher and ASHA see `spec.metric` (val_*) alone.
-RECORDED = (
-    "epoch",
-    "val_top1",
-    "val_many",
-    "val_medium",
-    "val_few",
-    "test_top1",
-    "test_many",
-    "test_medium",
-    "test_few",
-    "train_img_per_s",
-    "run_dir",
-    "time_total_s",
-)
-
-
-# -------------------------------------------------------------------------------------------------- trials
-def _trial_run_dir() -> Path:
-    """Where the loop of this trial writes: the trial's folder in storage when that is a local (or shared)
-    filesystem, so a restored trial finds its files again; otherwise the working directory, which Tune uploads
-    with ``SyncConfig(sync_artifacts=True)``."""
-    import pyarrow.fs
-
-    storage = tune.get_context().get_storage()
-    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-        return Path(storage.trial_fs_path) / RUN_SUBDIR
-    return Path.cwd() / RUN_SUBDIR
-
-
-def _finished_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
-    """The last epoch's metrics of a run of ``cfg`` that already finished in ``run_dir``, else None.
-
-    A driver killed right after a trial finished may have snapshotted the experiment before Tune saw the trial
-    terminate (snapshots are at least 10 s apart); the restored trial then restarts from an older checkpoint.
-    Its run folder already holds the finished run, so it is reported again instead of being retrained.
-    """
-    import json
-
-    import yaml
-
-    files = [run_dir / n for n in ("config.yaml", "history.jsonl", "metrics.json")]
-    if not all(f.is_file() for f in files):
-        return None
-    try:
-        if yaml.safe_load(files[0].read_text()) != cfg.to_dict():
-            return None
-        lines = [ln for ln in files[1].read_text().splitlines() if ln.strip()]
-        last = json.loads(lines[-1]) if lines else {}
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    return last if int(last.get("epoch", 0)) >= cfg.optim.epochs else None
-
-
-def _fit_in_trial(cfg: TrainConfig, spec: SearchSpec) -> None:
-    from twohead.loop import fit
-
-    # No progress bars inside Ray actors: they interleave in the driver's log.
-    cfg = apply_overrides(cfg, {"run.progress": False})
-    run_dir = _trial_run_dir()
-    done = _finished_run(run_dir, cfg)
-    if done is not None:
-        TuneReporter(run_dir).report(done, None)
-        return
-    res = spec.resources
-    if res.workers_per_trial == 1:
-        fit(cfg, out_dir=run_dir, reporter=TuneReporter(run_dir))
-        return
-
-    # Multi-GPU trial: one TorchTrainer (DDP) per trial; its reports reach Tune through TuneReportCallback.
-    # Named after the trial id (no timestamp) in the trial's storage folder, so a restored trial resumes it.
-    import ray.train
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    ctx = tune.get_context()
-    storage = ctx.get_storage()
-    per_worker = {"CPU": res.cpus_per_trial, **({"GPU": res.gpus_per_trial} if res.gpus_per_trial else {})}
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_dir": str(run_dir)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=res.workers_per_trial, use_gpu=res.gpus_per_trial > 0, resources_per_worker=per_worker
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"train_{ctx.get_trial_id()}",
-            storage_path=storage.trial_fs_path,
-            storage_filesystem=storage.storage_filesystem,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
-    trainer.fit()
-
-
-def _train_worker(config: Mapping[str, Any]) -> None:
-    """Ray Train worker of a multi-GPU trial: the same loop, DDP set up by TorchTrainer."""
-    from twohead.loop import fit
-
-    cfg = TrainConfig.from_dict(config["cfg"])
-    fit(cfg, out_dir=config["run_dir"], reporter=TrainReporter(config["run_dir"]))
-
-
-def run_trial(config: dict[str, Any], spec: SearchSpec) -> None:
-    """Tune function trainable of the search: ``config`` holds the sampled parameters (Optuna names)."""
-    _fit_in_trial(spec.trial_config(config), spec)
-
-
-def run_seed(config: dict[str, Any], spec: SearchSpec, params: dict[str, Any]) -> None:
-    """Tune function trainable of ``--retrain-best``: the best parameters, ``config["seed"]`` as optim.seed."""
-    cfg = apply_overrides(spec.trial_config(params), {"optim.seed": int(config["seed"])})
-    _fit_in_trial(cfg, spec)
-
-
-def trial_dirname(trial: Any) -> str:
-    """Short, parameter-free trial folder names (the default embeds every parameter and a timestamp)."""
-    return f"trial_{trial.trial_id}"
-
-
-# ------------------------------------------------------------------------------------------------ searcher
-class RecordingOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that also records, per Optuna trial, the Tune trial id, the epochs trained, the last
-    validation and the final test metrics and the run folder as user attributes.
-
-    They make the study self-contained (the dashboard and the report read them) and let a resumed driver tell
-    its own orphans (trials left RUNNING by a killed driver) from another driver's live trials. The value Optuna
-    optimises is untouched: ``spec.metric``, reported by OptunaSearch itself.
-    """
-
-    def __init__(self, *args: Any, experiment: str = "", **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._experiment = experiment
-
-    def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
-        ot = self._ot_trials.get(trial_id)
-        if params is not None and ot is not None:
-            ot.set_user_attr("tune_trial_id", trial_id)
-            ot.set_user_attr("experiment", self._experiment)
-        return params
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        import optuna
-
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # A trial an earlier (killed) driver already finished, restored from an older experiment snapshot:
-            # its Optuna record is final and stays as it is.
-            log.info("trial %s already finished in the study; keeping its recorded value", trial_id)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot = self._ot_trials.get(trial_id)
-        if ot is not None and result and trial_id not in self._completed_trials:
-            for key in RECORDED:
-                if result.get(key) is not None:
-                    try:
-                        ot.set_user_attr("epochs" if key == "epoch" else key, result[key])
-                    except Exception as exc:  # noqa: BLE001 - e.g. already finished by an earlier driver
-                        log.debug("could not record %s on trial %s: %s", key, trial_id, exc)
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
-# ---------------------------------------------------------------------------------------------------- Ray
-def connect_ray(address: str | None = None, *, num_cpus: int | None = None, object_store_mb: int = 256) -> bool:
-    """Join a cluster (``address`` or ``RAY_ADDRESS``) or start a small local Ray with the dashboard.
-
-    Returns True when this call started Ray (the caller shuts it down). An already connected driver (tests,
-    notebooks) is used as is.
-    """
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return True
-    # "local" forces a fresh instance even when a `ray start` cluster is running here: joining one is explicit
-    # (--address auto). Dashboard on: Tune + ASHA needs the State API to release stopped trials' resources.
-    ctx = ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        object_store_memory=object_store_mb * 2**20,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        log_to_driver=True,
-    )
-    if getattr(ctx, "dashboard_url", None):
-        print(f"Ray dashboard (while this search runs): http://{ctx.dashboard_url}", flush=True)
-    return True
-
-
-def _check_resources(spec: SearchSpec, strict: bool) -> None:
-    """A trial asking for more than the cluster has would wait forever: say so before the search starts."""
-    have = ray.cluster_resources()
-    r = spec.resources
-    need = {"CPU": r.cpus_per_trial * r.workers_per_trial, "GPU": r.gpus_per_trial * r.workers_per_trial}
-    if r.workers_per_trial > 1:
-        need["CPU"] += 1  # the trial's own driver process (Tune default)
-    short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
-    if not short:
-        return
-    msg = "; ".join(f"a trial needs {need_v:g} {k}, the Ray cluster has {have_v:g}" for k, (need_v, have_v) in short.items())
-    hint = " (use --gpus-per-trial 0 on a CPU machine)" if "GPU" in short else " (lower --cpus-per-trial)"
-    if strict:
-        raise SearchError(msg + hint)
-    log.warning("%s%s; waiting for the autoscaler to add nodes", msg, hint)
-
-
-def _trainable(fn: Callable, spec: SearchSpec, **bound: Any) -> Any:
-    r = spec.resources
-    if r.workers_per_trial == 1:
-        resources: dict[str, float] = {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial}
-    else:
-        resources = {"cpu": 1}  # the trial only drives a TorchTrainer; its workers ask for the real resources
-    return tune.with_resources(tune.with_parameters(fn, spec=spec, **bound), resources)
-
-
-def _run_config(name: str, storage_path: str, max_failures: int, verbose: int) -> tune.RunConfig:
-    return tune.RunConfig(
-        name=name,
-        storage_path=storage_path,
-        # Two, not one: with num_to_keep=1 every checkpoint forces an experiment snapshot (Tune warns about it).
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        failure_config=tune.FailureConfig(max_failures=max_failures),
-        sync_config=tune.SyncConfig(sync_artifacts=True),
-        verbose=verbose,
-    )
-
-
-def _restore_or_new(path: str, trainable: Any, restart_errored: bool, new: Callable[[], tune.Tuner]) -> tuple[tune.Tuner, bool]:
-    if tune.Tuner.can_restore(path):
-        print(f"Resuming the search in {path} (finished trials are kept)", flush=True)
-        tuner = tune.Tuner.restore(
-            path, trainable, resume_unfinished=True, resume_errored=not restart_errored, restart_errored=restart_errored
-        )
-        return tuner, True
-    return new(), False
 
 
 # ----------------------------------------------------------------------------------------------- search
@@ -318,25 +69,27 @@ def _restore_or_new(path: str, trainable: Any, restart_errored: bool, new: Calla
 class SearchResult:
     spec: SearchSpec
     out: Path
-    storage_url: str
+    record: str  # where search.json and report/ live (the experiment URL with --storage-path)
+    storage: StudyStorage
     experiment: str
     resumed: bool
     report: Report
     wall_s: float
     errors: int
+    interrupted: int = 0  # the signal that stopped the driver, 0 when it ran to the end
+    data_stats: dict | None = None
 
     @property
     def dashboard(self) -> str:
-        return dashboard_command(display_url(self.storage_url))
+        return dashboard_command(self.storage.display)
 
 
 def _fail_orphans(study: Any, experiment: str, started: datetime.datetime) -> int:
-    """Mark FAIL the trials a killed driver left RUNNING; returns how many.
+    """Mark FAIL the trials a killed driver left RUNNING that no Tune trial will ever continue; returns how many.
 
-    Once ``Tuner.fit`` returned, no trial of this experiment runs any more. A RUNNING trial is an orphan when it
-    is tagged with this experiment, or when it has no tag at all and began before this driver did (the driver
-    was killed between Optuna's ``ask`` and the tagging). Trials of other experiments are left alone.
-    """
+    Called once ``Tuner.fit`` returned normally and the study was reconciled with Tune's results: a RUNNING trial
+    is then an orphan when it is tagged with this experiment, or has no tag and began before this driver (the
+    driver was killed between Optuna's ``ask`` and the tagging). Trials of other experiments are left alone."""
     from optuna.trial import TrialState
 
     n = 0
@@ -349,165 +102,147 @@ def _fail_orphans(study: Any, experiment: str, started: datetime.datetime) -> in
     return n
 
 
+def _data_plan(spec: SearchSpec, data: str, verify: str, stream: str) -> tuple[SearchSpec, Any]:
+    """Check the dataset once; the base config's data section becomes the dataset's (a search may not vary it)."""
+    from rayjobs.dataplane import apply_manifest, manifest_keys, plan_dataset
+
+    plan = plan_dataset(data, verify=verify, stream=stream, skip_invalid=spec.base.data.skip_corrupt)
+    fixed = manifest_keys(plan.manifest_obj, spec.base)
+    bad = [p.name for p in spec.params if p.key in fixed]
+    if bad:
+        raise SearchSpaceError(
+            f"{spec.source}: parameters {bad} change the dataset, which --data {plan.url} fixes; "
+            "prepare one dataset per value instead"
+        )
+    return dataclasses.replace(spec, base=apply_manifest(spec.base, plan.manifest_obj)), plan
+
+
+def _needs_thumbnails(spec: SearchSpec) -> bool:
+    """Can a trial of this search ask for k-means / hierarchical labels on the pixel embedding?"""
+    methods, embeddings = {spec.base.method.clustering}, {spec.base.method.embedding}
+    for p in spec.params:
+        if p.key == "method.clustering":
+            methods |= set(p.choices)
+        elif p.key == "method.embedding":
+            embeddings |= set(p.choices)
+    return bool(methods - {"random"}) and bool(embeddings & {"pca", "pixels"})
+
+
 def run_search(
     spec: SearchSpec,
     out: str | Path,
     *,
     storage_url: str | None = None,
     storage_path: str | None = None,
+    data: str | None = None,
+    verify: str = "size",
+    stream: str = "auto",
     address: str | None = None,
     restart_errored: bool = False,
-    max_failures: int = 0,
+    max_failures: int = DEFAULT_MAX_FAILURES,
     verbose: int = 1,
     num_cpus: int | None = None,
+    fail_at_epoch: int | None = None,
 ) -> SearchResult:
-    """Run (or resume) the search described by ``spec``; write and return the report.
+    """Run (or resume) the search described by ``spec``; write and return the report (module docstring)."""
+    import ray
 
-    ``out`` holds the search record, the SQLite study (unless ``storage_url``), the report and (unless
-    ``storage_path``, e.g. ``s3://bucket/prefix``) the Tune experiment with the trial folders and checkpoints.
-    """
     t0, started_at = time.perf_counter(), datetime.datetime.now()  # Optuna stamps trials with naive local time
     out = Path(out).resolve()
+    target = None if ray.is_initialized() else resolve(address)  # before anything is written
+    ss = study_storage(storage_url, out, spec.study_name)
+    root = storage_path.rstrip("/") if storage_path else str(out)
+    if storage_path:
+        store.check_reachable(storage_path)
+    experiment = store.join(root, spec.study_name)
+    record = experiment if storage_path else str(out)
+    plan = None
+    if data:
+        spec, plan = _data_plan(spec, data, verify, stream)
+    meta = {"storage": ss.ref, "study_name": spec.study_name, "experiment": experiment, "data": plan.url if plan else None}
+    save_record(record, spec, meta, mirror=out, check_only=True)
+
     out.mkdir(parents=True, exist_ok=True)
-    url = storage_url or default_storage_url(out, spec.study_name)
-    storage_root = storage_path or str(out)
-    experiment = f"{storage_root.rstrip('/')}/{spec.study_name}"
+    snapshot = None
+    if ss.sqlite_path is not None and record != str(out):
+        snapshot = store.join(experiment, ss.sqlite_path.name)
+        if fetch_sqlite(snapshot, ss.sqlite_path):
+            print(f"Study restored from its snapshot {snapshot}", flush=True)
+        meta.update(sqlite_snapshot=snapshot)
+    meta.update(sqlite_local=str(ss.sqlite_path) if ss.sqlite_path else None)
+    study_store = open_storage(ss.url)
+    study = open_study(ss.url, spec, create=True, storage=study_store)
+    save_record(record, spec, meta, mirror=out)
 
-    # Everything that can be wrong is checked before Ray starts or any trial runs.
-    storage = open_storage(url)
-    study = open_study(url, spec, create=True, storage=storage)
-    save_search_folder(out, spec, url, experiment)
-
-    started = connect_ray(address, num_cpus=num_cpus)
+    started = connect(target, num_cpus=num_cpus) if target is not None else False
+    received: list[int] = []
+    data_stats = None
     try:
-        _check_resources(spec, strict=started and not (address or os.environ.get("RAY_ADDRESS")))
-        trainable = _trainable(run_trial, spec)
+        strict = started and target is not None and target.local
+        check_resources(spec, strict, 1.0 if plan is not None and not plan.in_memory else 0.0)
+        service = None
+        if plan is not None:
+            from rayjobs.dataplane import start_service
 
-        def new() -> tune.Tuner:
-            import optuna
+            service = start_service(plan)
+            ray.get(service.warm.remote(_needs_thumbnails(spec)))  # before trials hold the CPUs
+        fault = {"at_epoch": int(fail_at_epoch), "mode": "kill"} if fail_at_epoch else None
+        job = TrialJob(spec=spec, experiment=experiment, plan=plan, service=service, fault=fault)
+        fn = trainable(run_trial, job)
 
-            searcher = RecordingOptunaSearch(
-                space=spec,  # define-by-run (conditional parameters); SearchSpec is a picklable callable
-                metric=spec.metric,
-                mode=spec.mode,  # explicit: without it a define-by-run study is silently created as maximize
-                sampler=optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=spec.search.n_startup_trials),
-                study_name=spec.study_name,
-                storage=storage,
-                experiment=experiment,
-            )
-            a = spec.search.asha
-            scheduler = (
-                None
-                if a is None
-                else ASHAScheduler(
-                    time_attr="epoch",
-                    metric=spec.metric,
-                    mode=spec.mode,
-                    max_t=spec.max_epochs,
-                    grace_period=a.grace_period,
-                    reduction_factor=a.reduction_factor,
-                )
-            )
-            return tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher,
-                    scheduler=scheduler,
-                    num_samples=spec.search.num_samples,
-                    max_concurrent_trials=spec.search.max_concurrent,
-                    trial_dirname_creator=trial_dirname,
-                ),
-                run_config=_run_config(spec.study_name, storage_root, max_failures, verbose),
-            )
+        def new() -> Any:
+            return new_tuner(spec, fn, ss, experiment, root, max_failures, verbose, snapshot)
 
-        tuner, resumed = _restore_or_new(experiment, trainable, restart_errored, new)
-        results = tuner.fit()
+        tuner, resumed = restore_or_new(experiment, fn, restart_errored, new)
+        with interrupts() as received:
+            results = tuner.fit()
         errors = len(results.errors)
+        if service is not None:
+            data_stats = ray.get(service.stats.remote())
     finally:
         if started:
             ray.shutdown()
 
-    study = open_study(url, spec, create=False, storage=storage)
-    orphans = _fail_orphans(study, experiment, started_at)
+    from rayjobs.searcher import reconcile
+
+    settled = orphans = 0
+    if not received:
+        settled = reconcile(study, study_store, experiment, results, spec.metric)
+        orphans = _fail_orphans(study, experiment, started_at)
+    if snapshot is not None:
+        publish_sqlite(ss.sqlite_path, snapshot)
+    if data_stats is not None:
+        update_record(record, {"labels": data_stats["labels"], "node_loads": len(data_stats["node_loads"])}, mirror=out)
     wall = time.perf_counter() - t0
     extra = [
         f"Tune experiment: `{experiment}`" + (" (resumed)" if resumed else ""),
         f"driver wall time: {wall / 60:.1f} min" + (" (this run)" if resumed else ""),
     ]
+    if plan is not None:
+        extra.append(f"data: `{plan.url}` ({'in memory, one copy per node' if plan.in_memory else 'streamed with Ray Data'})")
+    if received:
+        extra.append(
+            f"interrupted by {signal.Signals(received[0]).name}: unfinished trials continue when the same command runs again"
+        )
     if errors:
         extra.append(f"{errors} trial(s) raised an error: see `error.txt` in their folders under `{experiment}`")
+    if settled:
+        extra.append(f"{settled} trial(s) recorded from Tune's results (the study had them unfinished)")
     if orphans:
-        extra.append(f"{orphans} trial(s) left RUNNING by an interrupted driver were marked FAIL")
+        extra.append(f"{orphans} trial(s) left RUNNING by an interrupted driver and never continued were marked FAIL")
     report = write_report(
-        study, spec, out, storage_display=display_url(url), retrain_command=retrain_command(out, storage_url), extra_lines=extra
+        study,
+        spec,
+        out,
+        storage_display=ss.display,
+        retrain_command=retrain_command(record, None if ss.ref == "default" else ss.ref),
+        extra_lines=extra,
+        shown_folder=store.join(record, "report"),
     )
-    return SearchResult(spec, out, url, experiment, resumed, report, wall, errors)
-
-
-def retrain_best(
-    out: str | Path,
-    seeds: int = 3,
-    *,
-    storage_url: str | None = None,
-    address: str | None = None,
-    restart_errored: bool = False,
-    max_failures: int = 0,
-    verbose: int = 1,
-    num_cpus: int | None = None,
-) -> tuple[Path, str]:
-    """Retrain the best trial of the search in ``out`` on ``seeds`` seeds (0..seeds-1) as parallel Tune trials,
-    with the search's resources; write ``report/retrain.md`` and ``retrain.json`` (mean +- std) and return them."""
-    if seeds < 1:
-        raise SearchError(f"--seeds={seeds} must be >= 1")
-    out = Path(out).resolve()
-    spec, url, _ = load_search_folder(out, storage_url)
-    study = open_study(url, spec, create=False)
-    best, note = select_best(study, spec)
-    if best is None:
-        raise SearchError(f"the study {spec.study_name!r} in {display_url(url)} has no completed trial to retrain")
-    import json
-
-    meta = json.loads((out / "search.json").read_text())
-    root = meta["experiment"].rsplit("/", 1)[0]
-    name = f"{spec.study_name}-retrain-trial{best.number}-{seeds}seeds"
-    path = f"{root}/{name}"
-    print(f"Retraining trial {best.number} ({note}) on seeds 0..{seeds - 1}: {dict(best.params)}", flush=True)
-
-    started = connect_ray(address, num_cpus=num_cpus)
-    try:
-        _check_resources(spec, strict=started and not (address or os.environ.get("RAY_ADDRESS")))
-        trainable = _trainable(run_seed, spec, params=dict(best.params))
-        tuner, _ = _restore_or_new(
-            path,
-            trainable,
-            restart_errored,
-            lambda: tune.Tuner(
-                trainable,
-                param_space={"seed": tune.grid_search(list(range(seeds)))},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=spec.search.max_concurrent, trial_dirname_creator=trial_dirname
-                ),
-                run_config=_run_config(name, root, max_failures, verbose),
-            ),
-        )
-        results = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
-    runs = []
-    for r in sorted(results, key=lambda r: r.config["seed"]):
-        m = r.metrics or {}
-        runs.append(
-            {
-                "seed": r.config["seed"],
-                "state": "ERROR" if r.error else "DONE",
-                "epochs": m.get("epoch"),
-                **{k: m.get(k) for k in RECORDED if k.startswith(("val_", "test_"))},
-                "run_dir": m.get("run_dir"),
-            }
-        )
-    best_info = {"trial": best.number, "params": dict(best.params)}
-    return write_retrain_report(out, spec, best_info, runs)
+    if record != str(out):
+        store.upload_dir(report.folder, store.join(record, "report"), last="report.md")
+    interrupted = received[0] if received else 0
+    return SearchResult(spec, out, record, ss, experiment, resumed, report, wall, errors, interrupted, data_stats)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
@@ -521,13 +256,22 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--preset", help="search space search_spaces/<NAME>.yaml (smoke, cifar10-lt, cifar100-lt, imagenet-lt)")
     what.add_argument("--space", type=Path, help="a search-space YAML file")
     what.add_argument(
-        "--retrain-best", type=Path, metavar="DIR", help="retrain the best config of the search in DIR on --seeds seeds"
+        "--retrain-best",
+        metavar="DIR_OR_URL",
+        help="retrain the best config of the search recorded there (its --out folder or record URL) on --seeds seeds",
     )
-    ap.add_argument("--out", type=Path, help="results folder (default runs/<study>-search)")
-    ap.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/<study>.db; PostgreSQL on clusters)")
-    ap.add_argument("--storage-path", help="Tune experiment storage: local folder or s3://bucket/prefix (default: --out)")
+    ap.add_argument("--data", help="prepared dataset (rayjobs.prepare) the trials read: s3://, gs://, file:// or a folder")
+    ap.add_argument("--verify", choices=("size", "full"), default="size", help="check --data shards by size or sha256")
+    ap.add_argument("--stream", choices=("auto", "on", "off"), default="auto", help="as rayjobs.train --stream")
+    ap.add_argument("--out", type=Path, help="local results folder / mirror (default runs/<study>-search)")
+    ap.add_argument(
+        "--storage",
+        help="Optuna storage: a URL, or env:NAME to read it from $NAME (keeps a password off the command line); "
+        "default sqlite:///<out>/<study>.db",
+    )
+    ap.add_argument("--storage-path", help="where everything the search produces lives: a shared folder or s3://bucket/prefix")
     ap.add_argument("--study-name", help="Optuna study / Tune experiment name (default: the space's name)")
-    ap.add_argument("--address", help="Ray cluster to join (auto, host:port); default RAY_ADDRESS, else a local Ray")
+    ap.add_argument("--address", help="Ray cluster to join (HOST:PORT, auto); default RAY_ADDRESS, else a local Ray")
     ap.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
     ap.add_argument("--max-concurrent", type=int, help="trials running at once (overrides search.max_concurrent)")
     ap.add_argument("--seed", type=int, help="TPE sampler seed (overrides search.seed)")
@@ -541,7 +285,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on resume, rerun errored trials from scratch (default: from their checkpoint)",
     )
-    ap.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its last checkpoint")
+    ap.add_argument(
+        "--max-failures",
+        type=int,
+        default=DEFAULT_MAX_FAILURES,
+        help=f"retries of a failed trial from its last checkpoint (default {DEFAULT_MAX_FAILURES}: spot nodes)",
+    )
     ap.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this command starts (default: all)")
     ap.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune progress output")
     return ap
@@ -553,12 +302,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # Tune prints the trials; Optuna's per-trial INFO is noise
+    if args.max_failures < 0:
+        print(f"error: --max-failures {args.max_failures} must be >= 0", file=sys.stderr)
+        return 2
     try:
         if args.retrain_best is not None:
-            md, text = retrain_best(
+            where, text = retrain_best(
                 args.retrain_best,
                 args.seeds,
                 storage_url=args.storage,
+                out=args.out,
                 address=args.address,
                 restart_errored=args.restart_errored,
                 max_failures=args.max_failures,
@@ -566,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 num_cpus=args.num_cpus,
             )
             print(text)
-            print(f"Retrain report: {md}")
+            print(f"Retrain report: {where}")
             return 0
         spec = load_search_space(args.space if args.space is not None else args.preset)
         spec = spec.replace(
@@ -585,21 +338,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             out,
             storage_url=args.storage,
             storage_path=args.storage_path,
+            data=args.data,
+            verify=args.verify,
+            stream=args.stream,
             address=args.address,
             restart_errored=args.restart_errored,
             max_failures=args.max_failures,
             verbose=args.verbose,
             num_cpus=args.num_cpus,
+            fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
         )
-    except (SearchSpaceError, SearchError) as exc:
+    except (SearchSpaceError, SearchError, RayAddressError, store.StorageError, store.DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command to resume", file=sys.stderr)
+        return 130
     print(res.report.text)
-    print(f"Report: {res.report.markdown}")
+    print(
+        f"Report: {store.join(res.record, 'report', 'report.md')}"
+        + (f" (mirror: {res.report.markdown})" if res.record != str(res.out) else "")
+    )
     print(f"Dashboard: {res.dashboard}")
-    if res.report.best is None:
-        return 1
-    return 0
+    if res.interrupted:
+        return 128 + res.interrupted
+    return 0 if res.report.best is not None else 1
 
 
 if __name__ == "__main__":

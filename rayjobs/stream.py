@@ -25,12 +25,14 @@ change together, e.g. for ``decode="gpu"``; the eval-split loading is the rest o
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -325,51 +327,92 @@ def _read_split_table(manifest: Manifest, split: str):
 
 def load_split(manifest: Manifest, split: str, *, cache_dir: str | Path | None = None, skip_invalid: bool = False):
     """A val/test split as a :class:`twohead.data.Split`: decoded in memory for small images, else the encoded
-    bytes are written once to ``cache_dir`` and the split is file-backed (decoded by the loop's loader)."""
+    bytes are written once to ``cache_dir`` and the split is file-backed (decoded by the loop's loader).
+
+    ``cache_dir`` is shared by every worker of a node (:meth:`rayjobs.dataplane.DataPlan.cache_dir`): the first
+    one copies the split under a file lock and leaves a completion marker; the others, and a restarted worker
+    group, read the marker and copy nothing."""
     from twohead.data import Split
+
+    if manifest.image_size >= CPU_AUGMENT_MIN_SIZE:
+        folder = Path(cache_dir or tempfile.mkdtemp(prefix="twohead-eval-")) / split
+        marker = folder / f"_complete{'-skip' if skip_invalid else ''}.json"
+        if not marker.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            with _locked(folder / ".lock"):
+                if not marker.is_file():
+                    _copy_split(manifest, split, folder, marker, skip_invalid)
+        done = json.loads(marker.read_text())
+        ids = np.asarray(done["ids"], dtype=np.int64)
+        return Split(
+            np.asarray(done["labels"], dtype=np.int64),
+            ids,
+            files=[str(folder / f"{rid}.img") for rid in ids.tolist()],
+            image_size=manifest.image_size,
+        )
     from twohead.data.sources import decode_bytes, fit_size
 
     t = _read_split_table(manifest, split)
+    labels, ids, keep = _checked_labels(manifest, split, t, skip_invalid)
+    blobs = t.column("image").to_pylist()
+    size = manifest.image_size
+    shard = f"the {split} shards of {manifest.url}"
+    images = np.empty((len(labels), size, size, 3), dtype=np.uint8)
+
+    def decode(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            if not keep[i]:
+                continue
+            try:
+                images[i] = fit_size(decode_bytes(blobs[i]), size).permute(1, 2, 0).numpy()
+            except ValueError as e:
+                if not skip_invalid:
+                    raise RowError(f"{shard}: row id {int(ids[i])}: undecodable image: {e}") from None
+                keep[i] = False
+
+    # The native decoders release the GIL: threads decode in parallel.
+    step = 2048
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+        list(ex.map(lambda lo: decode(lo, min(lo + step, len(labels))), range(0, len(labels), step)))
+    return Split(labels[keep], ids[keep], images=images[keep], image_size=size)
+
+
+def _checked_labels(manifest: Manifest, split: str, t, skip_invalid: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels = t.column("label").to_numpy().astype(np.int64)
     ids = t.column("id").to_numpy().astype(np.int64)
-    blobs = t.column("image").to_pylist()
-    C, size = manifest.num_classes, manifest.image_size
-    shard = f"the {split} shards of {manifest.url}"
+    C = manifest.num_classes
     keep = np.ones(len(labels), dtype=bool)
     for i in np.flatnonzero((labels < 0) | (labels >= C)).tolist():
         if not skip_invalid:
-            raise RowError(f"{shard}: row id {int(ids[i])}: label {int(labels[i])} outside [0, {C})")
+            raise RowError(f"the {split} shards of {manifest.url}: row id {int(ids[i])}: label {int(labels[i])} outside [0, {C})")
         keep[i] = False
-    if size < CPU_AUGMENT_MIN_SIZE:
-        images = np.empty((len(labels), size, size, 3), dtype=np.uint8)
+    return labels, ids, keep
 
-        def decode(lo: int, hi: int) -> None:
-            for i in range(lo, hi):
-                if not keep[i]:
-                    continue
-                try:
-                    images[i] = fit_size(decode_bytes(blobs[i]), size).permute(1, 2, 0).numpy()
-                except ValueError as e:
-                    if not skip_invalid:
-                        raise RowError(f"{shard}: row id {int(ids[i])}: undecodable image: {e}") from None
-                    keep[i] = False
 
-        # The native decoders release the GIL: threads decode in parallel.
-        step = 2048
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
-            list(ex.map(lambda lo: decode(lo, min(lo + step, len(labels))), range(0, len(labels), step)))
-        return Split(labels[keep], ids[keep], images=images[keep], image_size=size)
-    folder = Path(cache_dir or tempfile.mkdtemp(prefix="twohead-eval-")) / split
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for rid, b in zip(ids.tolist(), blobs):
+def _copy_split(manifest: Manifest, split: str, folder: Path, marker: Path, skip_invalid: bool) -> None:
+    """Write the encoded images of a large-image split to ``folder`` (one file per id) and the marker last."""
+    from twohead import atomic
+
+    t = _read_split_table(manifest, split)
+    labels, ids, keep = _checked_labels(manifest, split, t, skip_invalid)
+    for rid, b in zip(ids.tolist(), t.column("image").to_pylist()):
         p = folder / f"{rid}.img"
         if not p.is_file():
-            tmp = p.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(b)
-            os.replace(tmp, p)
-        files.append(str(p))
-    return Split(labels[keep], ids[keep], files=[f for f, k in zip(files, keep) if k], image_size=size)
+            atomic.write_bytes(p, b)
+    atomic.write_text(marker, json.dumps({"ids": ids[keep].tolist(), "labels": labels[keep].tolist()}))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between the processes of one node (released when the holder dies)."""
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def in_memory_bytes(manifest: Manifest) -> int:
@@ -390,8 +433,8 @@ def ltdata_from_manifest(
     ``train`` True decodes the whole train split into memory (small images: the loop then keeps it on the
     device, exactly like a local run). Otherwise the train split is streamed (:func:`train_dataset`) and
     ``LTData.train`` only carries labels (for the class counts of Eq. 3 and the LT metrics) and 1-pixel
-    placeholder images that take no memory. ``with_eval`` False (DDP ranks other than 0, which do not
-    evaluate) gives an empty test split and no val split.
+    placeholder images that take no memory. Every rank evaluates its share of val/test (the loop shards and
+    gathers them); ``with_eval`` False gives an empty test split and no val split (label-only uses).
     """
     from twohead.data import LTData, Split
 

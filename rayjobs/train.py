@@ -11,16 +11,19 @@
 - ``RunConfig(name, storage_path, failure_config=FailureConfig(max_failures))``: Ray Train keeps the
   checkpoints under ``<storage>/<name>/``; a failed worker group restarts from the latest one, and running
   the same command again (same ``--name``) resumes the run instead of starting over.
-- The per-worker function is thin: config -> :class:`~rayjobs.stream.RayBatchSource` over
-  ``ray.train.get_dataset_shard("train")`` + :class:`RayReporter` -> ``twohead.loop.fit``.
+- The per-worker function is thin: :func:`rayjobs.dataplane.worker_inputs` (the data plane ``rayjobs.search
+  --data`` trials use too) + :class:`RayReporter` -> ``twohead.loop.fit``.
+- ``--stream auto`` (default) streams large-image datasets (ImageNet-LT) with Ray Data every epoch, and loads
+  small-image ones (CIFAR, Tiny-ImageNet, the 32 px stand-in: at most a few hundred MB decoded) once per node
+  into the object store, from where every worker maps them and keeps them in device memory: their epochs are
+  shorter than a Ray Data pass's start-up, and the loop's device-resident path is then exactly a local run's.
+  Either way the cluster ids come from the labels file of the config, computed once on the cluster.
 - ``--gpu-decode``: streamed JPEGs are decoded, cropped and flipped on the training GPUs (nvJPEG) instead of by
   Ray Data's CPU workers (:mod:`rayjobs.stream`).
-- ``--stream auto`` (default) streams large-image datasets (ImageNet-LT) with Ray Data every epoch, and has
-  each worker load small-image ones (CIFAR, Tiny-ImageNet, the 32 px stand-in: at most a few hundred MB
-  decoded) from the same shards once, into device memory: their epochs are shorter than a Ray Data pass's
-  start-up, and the loop's device-resident path is then exactly a local run's.
 - Rank 0's result folder (``config.yaml``, ``history.jsonl``, ``metrics.json``, plots) is uploaded to
-  ``<storage>/<name>/results/``, ``metrics.json`` last.
+  ``<storage>/<name>/results/`` after every epoch, ``metrics.json`` last.
+- ``--address`` (or ``RAY_ADDRESS``) is checked to answer within seconds before anything is read or written
+  (:mod:`rayjobs.connect`).
 
 Everything that can be checked before workers start is: the storage is reachable, the dataset matches its
 manifest (sha256 with ``--verify full``), labels lie in [0, C), the cluster labels cover every train id, and
@@ -37,18 +40,16 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rayjobs import storage
+from rayjobs.connect import RayAddressError
+from rayjobs.dataplane import IN_MEMORY_MAX_BYTES, check_train_labels  # noqa: F401 (re-exported)
 from rayjobs.reporting import STATE_FILE, TrainReporter  # noqa: F401 (STATE_FILE re-exported for tests)
-from rayjobs.storage import DatasetError, Manifest
+from rayjobs.storage import DatasetError
 
 __all__ = [
     "InsufficientResourcesError",
@@ -62,8 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("rayjobs.train")
-
-IN_MEMORY_MAX_BYTES = int(os.environ.get("TWOHEAD_IN_MEMORY_MAX_BYTES", str(4 << 30)))  # decoded train split per worker
 
 
 class InsufficientResourcesError(ValueError):
@@ -130,92 +129,47 @@ def check_capacity(
     return {k: float(v) for k, v in ceiling.items() if k in ("CPU", "GPU")}
 
 
-def check_train_labels(manifest: Manifest) -> None:
-    """Every train label lies in [0, C) (reads only the label/id columns; names shard and row id)."""
-    import pyarrow.parquet as pq
-
-    from rayjobs.stream import RowError
-
-    fs, _ = storage.resolve(manifest.url)
-    C = manifest.num_classes
-    for u in manifest.shard_urls("train"):
-        with storage._errors(u, "read"):
-            t = pq.read_table(storage.resolve(u)[1], filesystem=fs, columns=["label", "id"])
-        y = t.column("label").to_numpy()
-        bad = np.flatnonzero((y < 0) | (y >= C))
-        if len(bad):
-            i = int(bad[0])
-            raise RowError(
-                f"shard {u}: row id {int(t.column('id')[i].as_py())}: label {int(y[i])} outside [0, {C}) "
-                f"({len(bad)} such rows in this shard)"
-            )
-
-
 # --------------------------------------------------------------------------------------------
 # Worker side
 # --------------------------------------------------------------------------------------------
 class RayReporter(TrainReporter):
-    """The Train reporter of :mod:`rayjobs.reporting`, plus the opt-in failure injection of the fault-tolerance
-    drill (``TWOHEAD_FAIL_AT_EPOCH``)."""
+    """The Train reporter of :mod:`rayjobs.reporting` for rank ``rank``, with the opt-in failure injection of the
+    fault-tolerance drill (``TWOHEAD_FAIL_AT_EPOCH``) and rank 0's per-epoch upload of its results folder."""
 
-    def __init__(self, out_dir: Path, rank: int, fault: dict[str, Any] | None = None):
-        super().__init__()
+    def __init__(self, out_dir: Path, rank: int, fault: dict[str, Any] | None = None, upload_url: str | None = None):
+        super().__init__(out_dir if upload_url else None, upload_url=upload_url, fault=fault)
         self.rank = rank
-        self.fault = fault or {}
-
-    def report(self, metrics: dict, make_state: Callable[[], dict] | None) -> None:
-        self._maybe_fail(int(metrics["epoch"]))
-        super().report(metrics, make_state)
-
-    def _maybe_fail(self, epoch: int) -> None:
-        at, marker = self.fault.get("at_epoch"), self.fault.get("marker")
-        if self.rank != 0 or not at or epoch != int(at) or not marker or storage.exists(marker):
-            return
-        storage.write_bytes(marker, f"killed rank 0 at the end of epoch {epoch}\n".encode())
-        if self.fault.get("mode") == "raise":
-            raise RuntimeError(f"injected failure at epoch {epoch} (TWOHEAD_FAIL_AT_EPOCH)")
-        os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-run, as on a preempted node
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """What each Ray Train worker runs: build the inputs, call the one training loop, upload rank 0's results."""
+    """What each Ray Train worker runs: its inputs from the data plane, the one training loop, rank 0's results.
+
+    Also the worker of a multi-GPU ``rayjobs.search --data`` trial (same config keys)."""
     import ray
     import ray.train
     import ray.train.torch
 
-    from rayjobs.stream import (
-        CPU_AUGMENT_MIN_SIZE,
-        RayBatchSource,
-        ltdata_from_manifest,
-    )
+    from rayjobs.dataplane import worker_inputs
     from twohead.config import TrainConfig
     from twohead.loop import fit
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TrainConfig.from_dict(config["cfg"])
-    manifest = Manifest.from_json(config["manifest"], url=config["data_url"])
+    plan = config["plan"]
     out_dir = Path(tempfile.mkdtemp(prefix=f"twohead-{cfg.run_name()}-"))
-    data = ltdata_from_manifest(
-        manifest,
-        train=config["in_memory"],
-        with_eval=rank == 0,
-        cache_dir=out_dir.parent / f"{out_dir.name}-eval",
-        skip_invalid=config["skip_invalid"],
+    data, source, timing = worker_inputs(
+        plan,
+        config["service"],
+        cfg,
+        labels_url=config["labels_url"],
+        world=world,
+        shard=None if plan.in_memory else ray.train.get_dataset_shard("train"),
+        prefetch_batches=config["prefetch_batches"],
     )
-    source = None  # in memory: the loop's own device-resident batches, sharded by rank
-    if not config["in_memory"]:
-        source = RayBatchSource(
-            ray.train.get_dataset_shard("train"),
-            batch_size=cfg.optim.batch_size // world,
-            num_samples=manifest.splits["train"].num_rows // world,
-            augmented=manifest.image_size >= CPU_AUGMENT_MIN_SIZE,
-            prefetch_batches=config["prefetch_batches"],
-            seed=cfg.optim.seed,
-            gpu_decode_size=manifest.image_size if config.get("gpu_decode") else None,
-            device=ray.train.torch.get_device() if config.get("gpu_decode") else None,
-        )
-    reporter = RayReporter(out_dir, rank, config.get("fault"))
+    reporter = RayReporter(out_dir, rank, config.get("fault"), upload_url=config["results_url"])
+    reporter.extra.update(config.get("extra") or {})
+    reporter.extra["data_start_s"] = timing["data_start_s"]
     metrics = fit(cfg, out_dir=out_dir, data=data, train_source=source, reporter=reporter)
     nodes = _gather(ray.get_runtime_context().get_node_id())
     if rank == 0:
@@ -241,21 +195,6 @@ def _gather(obj: Any) -> list[Any]:
 # --------------------------------------------------------------------------------------------
 # Driver side
 # --------------------------------------------------------------------------------------------
-def _apply_manifest(cfg: Any, manifest: Manifest) -> Any:
-    """The run's data section is the one the shards were built from (recorded in config.yaml)."""
-    from twohead.config import apply_overrides
-
-    known = set(type(cfg.data).model_fields)
-    over = {f"data.{k}": v for k, v in manifest.data_config.items() if k in known and k not in ("root", "num_workers")}
-    out = apply_overrides(cfg, over)
-    for key in over:
-        name = key.split(".", 1)[1]
-        before, after = getattr(cfg.data, name), getattr(out.data, name)
-        if before != after:
-            log.info("%s=%r from the dataset's manifest (the config said %r)", key, after, before)
-    return out.validate()
-
-
 def run(
     cfg: Any,
     *,
@@ -277,70 +216,66 @@ def run(
     prefetch_batches: int = 4,
     fail_at_epoch: int | None = None,
     fail_mode: str = "kill",
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Check everything, then run the TorchTrainer; returns rank 0's final metrics plus run facts.
 
-    ``stream``: ``on`` streams the train split with Ray Data every epoch; ``off`` has every worker load it
-    into memory once (the loop then keeps it on the device and shards it by rank, as in a local run);
-    ``auto`` loads small-image splits under ``IN_MEMORY_MAX_BYTES`` decoded (CIFAR, Tiny-ImageNet, the 32 px
-    stand-in), where a Ray Data pass per epoch would cost more than the epoch itself, and streams the
-    rest (ImageNet). An explicit ``labels`` file needs the stream (it is applied per row).
+    ``stream``: ``on`` streams the train split with Ray Data every epoch; ``off`` loads it into memory once per
+    node (the loop then keeps it on the device and shards it by rank, as in a local run); ``auto`` loads
+    small-image splits under ``IN_MEMORY_MAX_BYTES`` decoded (CIFAR, Tiny-ImageNet, the 32 px stand-in), where a
+    Ray Data pass per epoch would cost more than the epoch itself, and streams the rest (ImageNet). ``labels``
+    replaces the config's labels file (both modes).
 
-    Connects to Ray (``ray.init()`` picks up the job's cluster) unless already connected.
+    ``address`` (default ``RAY_ADDRESS``, else a local Ray) is checked before anything else; an already connected
+    driver is used as is.
     """
+    import dataclasses
+
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from rayjobs.labels import check_labels_file, ensure_labels
-    from rayjobs.stream import (
-        CPU_AUGMENT_MIN_SIZE,
-        SkipCounter,
-        in_memory_bytes,
-        train_dataset,
-    )
+    from rayjobs.connect import connect, resolve
+    from rayjobs.dataplane import apply_manifest, plan_dataset, request_labels, start_service
+    from rayjobs.labels import check_labels_file
+    from rayjobs.stream import SkipCounter, train_dataset
     from twohead.division import DivisionPlan
 
     if "/" in name or not name or name in (".", ".."):
         raise ValueError(f"--name {name!r} must be a plain folder name")
     if not elastic_resize_interval_s >= 0:
         raise ValueError(f"--elastic-resize-interval {elastic_resize_interval_s!r} must be >= 0 seconds")
-    if verify not in ("full", "size"):
-        raise ValueError(f"verify={verify!r}; allowed: full (sha256), size")
-    if stream not in ("auto", "on", "off"):
-        raise ValueError(f"stream={stream!r}; allowed: auto, on, off")
+    target = None if ray.is_initialized() else resolve(address)
     storage.check_reachable(storage_url)
-    manifest = storage.verify_dataset(data_url, checksums=verify == "full")
-    cfg = _apply_manifest(cfg, manifest)
+    plan = plan_dataset(data_url, verify=verify, stream=stream, skip_invalid=True)
+    manifest = plan.manifest_obj
+    cfg = apply_manifest(cfg, manifest)
     cfg.run.name = name
     skip = cfg.data.skip_corrupt if skip_invalid is None else skip_invalid
     if not skip:
         check_train_labels(manifest)
+    plan = dataclasses.replace(plan, skip_invalid=bool(skip), gpu_decode=bool(gpu_decode))
+    in_memory = plan.in_memory
+    if labels and cfg.spec.cdh:
+        check_labels_file(manifest, labels, DivisionPlan.from_counts(manifest.class_counts, cfg.method.u, cfg.method.rounding))
 
-    small = manifest.image_size < CPU_AUGMENT_MIN_SIZE and in_memory_bytes(manifest) <= IN_MEMORY_MAX_BYTES
-    if stream == "off" and manifest.image_size >= CPU_AUGMENT_MIN_SIZE:
-        raise ValueError(f"stream=off needs images under {CPU_AUGMENT_MIN_SIZE} px; {manifest.url} has {manifest.image_size} px")
-    if stream == "off" and labels:
-        raise ValueError("an explicit labels file is applied to streamed rows: use stream=on (or auto)")
-    in_memory = stream == "off" or (stream == "auto" and small and not labels)
     if gpu_decode and not use_gpu:
         raise ValueError("--gpu-decode decodes on the training GPUs: add --use-gpu")
     if gpu_decode and in_memory:
         raise ValueError(
-            f"--gpu-decode is for streamed images of at least {CPU_AUGMENT_MIN_SIZE} px (ImageNet-LT); "
+            f"--gpu-decode is for streamed images (ImageNet-LT); "
             f"{manifest.url} ({manifest.image_size} px) is loaded into memory once"
         )
-
-    lookup = None
-    labels_url = None
-    if cfg.spec.cdh and not in_memory:  # in memory, the loop assigns the same clusters itself (division_for)
-        plan = DivisionPlan.from_counts(manifest.class_counts, cfg.method.u, cfg.method.rounding)
-        labels_url = labels or ensure_labels(manifest, cfg)
-        lookup = check_labels_file(manifest, labels_url, plan)
-
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    if target is not None:
+        connect(target)
     check_capacity(num_workers, use_gpu, cpus_per_worker, data_cpus=0.0 if in_memory else 1.0, accelerator_type=accelerator_type)
+    service = start_service(plan)
+    labels_url = labels if labels and cfg.spec.cdh else request_labels(service, cfg)  # computed once, on the cluster
+    lookup = None
+    if labels_url is not None and not in_memory:
+        from rayjobs.labels import load_lookup
+
+        lookup = load_lookup(labels_url)[0]
 
     from ray.data import DataContext
 
@@ -372,14 +307,12 @@ def run(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.to_dict(),
-            "manifest": manifest.to_json(),
-            "data_url": manifest.url,
+            "plan": plan,
+            "service": service,
+            "labels_url": labels_url,
             "results_url": storage.join(run_url, "results"),
-            "skip_invalid": skip,
-            "in_memory": in_memory,
             "counter": counter,
             "prefetch_batches": prefetch_batches,
-            "gpu_decode": gpu_decode,
             "fault": fault,
         },
         scaling_config=ScalingConfig(
@@ -467,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="streamed JPEGs (ImageNet-LT) are decoded, cropped and flipped on the training GPU "
         "(torchvision.io.decode_jpeg, nvJPEG) instead of by Ray Data's CPU workers; needs --use-gpu",
     )
+    p.add_argument("--address", help="Ray cluster to join (HOST:PORT, auto); default RAY_ADDRESS, else a local Ray")
     return p
 
 
@@ -498,8 +432,17 @@ def main(argv: list[str] | None = None) -> int:
             prefetch_batches=args.prefetch_batches,
             fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
             fail_mode=os.environ.get("TWOHEAD_FAIL_MODE", "kill"),
+            address=args.address,
         )
-    except (ConfigError, DataError, DatasetError, storage.StorageError, InsufficientResourcesError, ValueError) as e:
+    except (
+        ConfigError,
+        DataError,
+        DatasetError,
+        storage.StorageError,
+        InsufficientResourcesError,
+        RayAddressError,
+        ValueError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = out.get("metrics") or {}

@@ -167,6 +167,10 @@ def fit(
             "wall_s": wall_before + time.perf_counter() - t_run,  # training time across restarts
         }
 
+    # Multi-process runs score val/test sharded across ranks (all of them hold the splits); a rank without them
+    # (a caller that gave only rank 0 the eval data) keeps rank-0-only evaluation.
+    val_sharded, sharded = _every_rank([data.val is not None, len(data.test) > 0], device) if world > 1 else (False, False)
+    has_val = data.val is not None and (is_main or val_sharded)
     progress = cfg.run.progress and is_main and not os.environ.get("TQDM_DISABLE")
     curve_from = first_decay_epoch(cfg) if cfg.run.test_curve else cfg.optim.epochs
     t_run = time.perf_counter()
@@ -200,17 +204,19 @@ def fit(
         done = epoch + 1
         metrics = {"epoch": done, "lr": lr, "train_loss": train_loss, "train_img_per_s": seen * world / dt, "epoch_s": dt}
         last = done == cfg.optim.epochs
-        if is_main and data.val is not None and (done % cfg.run.eval_every == 0 or last):
-            metrics.update(_val_entry(evaluate(model, data.val, data, cfg, device)))
+        if has_val and (done % cfg.run.eval_every == 0 or last):
+            val = evaluate(model, data.val, data, cfg, device, distributed=val_sharded)
+            if is_main:
+                metrics.update(_val_entry(val))
         final = None
-        if is_main and last:
-            final = evaluate(model, data.test, data, cfg, device)
+        if last and (is_main or sharded):
+            final = evaluate(model, data.test, data, cfg, device, distributed=sharded)
             metrics.update({f"test_{k}": final[k] for k in GROUP_KEYS})
-        elif is_main and epoch >= curve_from:
+        elif epoch >= curve_from and (is_main or sharded):
             # The baselines' protocol (best test epoch), tracked for the reproduction tables only; nothing reads it
             # to choose anything. Timed so its cost is visible next to the training time.
             t1 = time.perf_counter()
-            metrics["test_top1"] = evaluate(model, data.test, data, cfg, device, posthoc=False)["top1"]
+            metrics["test_top1"] = evaluate(model, data.test, data, cfg, device, posthoc=False, distributed=sharded)["top1"]
             metrics["test_curve_s"] = time.perf_counter() - t1
         history.append(metrics)
         if is_main:
@@ -231,6 +237,15 @@ def fit(
         final = evaluate(model, data.test, data, cfg, device)
         result = _finish(out, cfg, model, data, plan, final, history, device, wall_before)
     return result
+
+
+def _every_rank(flags: list[bool], device: torch.device) -> list[bool]:
+    """Per flag: does it hold on every rank of the process group (one tiny all-reduce)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([int(f) for f in flags], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in t.tolist()]
 
 
 def _bar(total: int, epoch: int, cfg: TrainConfig, enabled: bool):

@@ -148,7 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             gpu = torch.cuda.is_available()
         except ImportError:
             gpu = False
-        executor = RayExecutor(concurrent, gpu, args.ray_address or None)
+        from rayjobs.connect import RayAddressError
+
+        try:
+            executor = RayExecutor(concurrent, gpu, args.ray_address or None)
+        except RayAddressError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     runner = Runner(
         specs,
         out=out,

@@ -80,7 +80,10 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+            from rayjobs.connect import connect
+
+            # --ray-address, else RAY_ADDRESS, else a local Ray; an address that does not answer is a one-line error.
+            connect(address or None, log_to_driver=False, include_dashboard=False)
         self.ray = ray
         opts = {"num_gpus": 1.0 / concurrent, "num_cpus": 1} if gpu else {"num_cpus": 1}
         self.task = ray.remote(max_retries=0, **opts)(_ray_run)

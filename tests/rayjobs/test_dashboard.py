@@ -1,6 +1,6 @@
 """The dashboard command the search prints serves its study: a real optuna-dashboard on 127.0.0.1 (Ray-free).
 
-The study is made the way the driver makes it (rayjobs.report.open_study on the default SQLite URL) and filled
+The study is made the way the driver makes it (rayjobs.study.open_study on the default SQLite URL) and filled
 with trials drawn by the preset's define-by-run space through Optuna's ask/tell; the test then starts the exact
 command of ``dashboard_command`` (plus host/port) from this venv and reads the study back over HTTP.
 """
@@ -20,8 +20,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from rayjobs.report import dashboard_command, default_storage_url, open_study
+from rayjobs.report import dashboard_command
 from rayjobs.search_space import load_search_space
+from rayjobs.study import default_storage_url, open_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -1,16 +1,21 @@
 """rayjobs.search: errors before any trial (fast), and real searches on the session's Ray head (slow).
 
 The slow tests run real Tune trials of the real loop on a tiny CIFAR-10-LT subset (5% of the long-tailed train
-set, 1-2 epochs) against a real SQLite Optuna study, and read everything back from the files a user gets.
+set, 1-3 epochs) against real SQLite / PostgreSQL Optuna studies, moto's S3 server and the Jobs API, and read
+everything back from the files and objects a user gets.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +23,35 @@ import optuna
 import pytest
 import yaml
 
-from rayjobs import search
-from rayjobs.report import default_storage_url, save_search_folder
+from rayjobs import prepare, report, search, storage
 from rayjobs.search_space import load_search_space
+from rayjobs.study import default_storage_url, save_record
+from rayjobs.trial import finished_run
 from twohead.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-# 5% of CIFAR-10-LT train (~620 images), 10% of val/test: a ResNet-32 epoch takes a few seconds on one core.
+# 5% of CIFAR-10-LT train (~620 images), 10% of val/test: a ResNet-8 epoch takes a few seconds on one core.
 TINY_BASE = {"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 2, "optim.milestones": []}}
+TINY_DATA = ["data.train_fraction=0.05", "data.eval_fraction=0.1"]
 
 
 def _space(
-    tmp_path: Path, name: str = "tiny", *, base: dict | None = None, search_: dict | None = None, resources: dict | None = None
+    tmp_path: Path,
+    name: str = "tiny",
+    *,
+    base: dict | None = None,
+    params: dict | None = None,
+    search_: dict | None = None,
+    resources: dict | None = None,
 ) -> Path:
     d = {
         "base": base or TINY_BASE,
         "metric": "val_top1",
         "mode": "max",
-        "params": {
+        "params": params
+        or {
             "u": {"type": "int", "low": 2, "high": 30},
             "alpha": {"type": "float", "low": 0.3, "high": 1.0},
             "clustering": {"type": "categorical", "choices": ["random", "kmeans"]},
@@ -62,7 +76,22 @@ def _load(out: Path, name: str = "tiny") -> optuna.Study:
 
 
 def _history(run_dir: str) -> list[dict]:
-    return [json.loads(ln) for ln in (Path(run_dir) / "history.jsonl").read_text().splitlines() if ln.strip()]
+    text = storage.read_bytes(storage.join(run_dir, "history.jsonl")).decode()
+    return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+
+
+def _check_states(trials, epochs: int) -> None:
+    """Every finished trial is COMPLETE iff it trained all epochs, else PRUNED with its last validated value."""
+    for t in trials:
+        hist = _history(t.user_attrs["run_dir"])
+        assert t.user_attrs["epochs"] == hist[-1]["epoch"]
+        assert t.intermediate_values == {h["epoch"]: pytest.approx(h["val_top1"]) for h in hist}
+        if hist[-1]["epoch"] == epochs:
+            assert t.state == optuna.trial.TrialState.COMPLETE and t.value == pytest.approx(hist[-1]["val_top1"])
+            assert t.user_attrs["test_top1"] == pytest.approx(hist[-1]["test_top1"])
+        else:  # stopped by ASHA: pruned, valued at its last epoch, never reached the test evaluation
+            assert t.state == optuna.trial.TrialState.PRUNED and t.value == pytest.approx(hist[-1]["val_top1"])
+            assert "test_top1" not in t.user_attrs
 
 
 # ------------------------------------------------------------------------------ fast: refused before trials
@@ -75,26 +104,29 @@ def test_unopenable_storage_is_a_clear_error(tmp_path, capsys):
 
 
 def test_missing_database_driver_names_it_and_hides_the_password(tmp_path, capsys):
-    rc = search.main(
-        [
-            "--space",
-            str(_space(tmp_path)),
-            "--out",
-            str(tmp_path / "out"),
-            "--storage",
-            "postgresql+psycopg2://twohead:s3cret@127.0.0.1:1/optuna",
-        ]
-    )
+    url = "postgresql+psycopg2://twohead:s3cret@127.0.0.1:1/optuna"
+    rc = search.main(["--space", str(_space(tmp_path)), "--out", str(tmp_path / "out"), "--storage", url])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot open Optuna storage" in err
     assert "s3cret" not in err and "***" in err
 
 
+def test_storage_from_an_unset_environment_variable_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    rc = search.main(["--space", str(_space(tmp_path)), "--out", str(tmp_path / "out"), "--storage", "env:OPTUNA_STORAGE"])
+    assert rc == 2 and "the environment variable OPTUNA_STORAGE is not set" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_negative_retry_budget_is_refused(tmp_path, capsys):
+    rc = search.main(["--space", str(_space(tmp_path)), "--out", str(tmp_path / "out"), "--max-failures", "-1"])
+    assert rc == 2 and "--max-failures -1 must be >= 0" in capsys.readouterr().err
+
+
 def test_study_with_the_other_direction_is_refused_before_any_trial(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    url = default_storage_url(out, "tiny")
-    optuna.create_study(storage=url, study_name="tiny", direction="minimize")
+    optuna.create_study(storage=default_storage_url(out, "tiny"), study_name="tiny", direction="minimize")
     rc = search.main(["--space", str(_space(tmp_path)), "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "direction minimize" in err and "mode=max" in err
@@ -104,7 +136,7 @@ def test_study_with_the_other_direction_is_refused_before_any_trial(tmp_path, ca
 def test_a_different_search_in_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     spec = load_search_space(_space(tmp_path))
-    save_search_folder(out, spec, default_storage_url(out, "tiny"), str(out / "tiny"))
+    save_record(str(out), spec, {"storage": "default", "data": None, "experiment": str(out / "tiny")})
     rc = search.main(["--space", str(_space(tmp_path)), "--out", str(out), "--num-samples", "9", "--set", "optim.lr=0.02"])
     err = capsys.readouterr().err
     assert rc == 2 and "holds a different search" in err
@@ -120,18 +152,16 @@ def test_finished_run_is_recognised_only_for_the_same_config(tmp_path):
     (run / "config.yaml").write_text(cfg.to_yaml())
     (run / "history.jsonl").write_text(json.dumps({"epoch": 1, "val_top1": 1.0}) + "\n")
     (run / "metrics.json").write_text("{}")
-    assert search._finished_run(run, cfg) is None  # only 1 of 2 epochs
+    assert finished_run(str(run), cfg) is None  # only 1 of 2 epochs
     with open(run / "history.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "val_top1": 3.0, "test_top1": 2.0}) + "\n")
-    assert search._finished_run(run, cfg) == {"epoch": 2, "val_top1": 3.0, "test_top1": 2.0}
+    assert finished_run(str(run), cfg) == {"epoch": 2, "val_top1": 3.0, "test_top1": 2.0}
     other = TrainConfig()
     other.optim.epochs, other.method.u = 2, 3
-    assert search._finished_run(run, other) is None
+    assert finished_run(str(run), other) is None
 
 
 def test_orphans_of_a_killed_driver_are_failed_others_are_left(tmp_path):
-    import datetime
-
     study = optuna.create_study(storage=default_storage_url(tmp_path, "o"), study_name="o", direction="maximize")
     ours, other, untagged, done = (study.ask() for _ in range(4))
     ours.set_user_attr("experiment", "/x/o")
@@ -156,50 +186,35 @@ def test_orphans_of_a_killed_driver_are_failed_others_are_left(tmp_path):
 def searched(ray_session, data_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     spec = load_search_space(_space(tmp))
-    t0 = time.perf_counter()
-    res = search.run_search(spec, tmp / "out", verbose=0)
-    res.test_wall_s = time.perf_counter() - t0
-    return res
+    return search.run_search(spec, tmp / "out", verbose=0)
 
 
 @pytest.mark.slow
 def test_search_end_to_end(searched):
     out = searched.out
-    assert searched.errors == 0 and not searched.resumed
+    assert searched.errors == 0 and not searched.resumed and searched.interrupted == 0
     study = _load(out)  # the real SQLite file, read back by Optuna
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE and study.user_attrs["metric"] == "val_top1"
     trials = study.trials
-    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    full = []
+    assert len(trials) == 4 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    _check_states(trials, 2)
     for t in trials:
         assert 2 <= t.params["u"] <= 30 and 0.3 <= t.params["alpha"] <= 1.0 and t.params["clustering"] in ("random", "kmeans")
-        hist = _history(t.user_attrs["run_dir"])
-        # The optimised value is the validation metric of the trial's last epoch (ASHA may stop at epoch 1) ...
-        assert t.user_attrs["epochs"] == hist[-1]["epoch"] in (1, 2)
-        assert t.value == pytest.approx(hist[-1]["val_top1"])
-        # ... and the trial trained the configuration Optuna proposed.
         run_cfg = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
         assert (run_cfg["method"]["u"], run_cfg["method"]["alpha"], run_cfg["method"]["clustering"]) == (
             t.params["u"],
             t.params["alpha"],
             t.params["clustering"],
-        )
-        if t.user_attrs["epochs"] == 2:
-            full.append(t)
-            metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
-            assert t.user_attrs["test_top1"] == pytest.approx(metrics["top1"])
-        else:
-            assert "test_top1" not in t.user_attrs  # stopped early: never reached the test evaluation
+        )  # the trial trained the configuration Optuna proposed
+    full = [t for t in trials if t.state.name == "COMPLETE"]
     assert full, "ASHA keeps at least one trial to the last epoch"
 
     rep = out / "report"
     best = json.loads((rep / "best.json").read_text())
-    # chosen on validation among fully trained trials; test only reported
-    top = max(full, key=lambda t: t.value)
+    top = max(full, key=lambda t: t.value)  # chosen on validation among fully trained trials; test only reported
     assert best["trial"] == top.number and best["value"] == pytest.approx(top.value) and best["metric"] == "val_top1"
     assert best["test"]["test_top1"] == pytest.approx(top.user_attrs["test_top1"])
-    best_cfg = TrainConfig.from_dict(yaml.safe_load((rep / "best_config.yaml").read_text()))
-    assert best_cfg.method.u == top.params["u"]
+    assert TrainConfig.from_dict(yaml.safe_load((rep / "best_config.yaml").read_text())).method.u == top.params["u"]
     import pandas as pd
 
     csv = pd.read_csv(rep / "trials.csv")
@@ -213,12 +228,13 @@ def test_search_end_to_end(searched):
     assert f"Trial {top.number}, chosen on **val_top1" in text and "never used for the choice" in text
     assert f"optuna-dashboard sqlite:///{out / 'tiny.db'}" in text
     assert f"python -m rayjobs.search --retrain-best {out} --seeds 3" in text
-    assert text.count("| COMPLETE |") == 4
+    assert text.count("| COMPLETE |") == len(full) and text.count("| PRUNED |") == 4 - len(full)
 
 
 @pytest.mark.slow
 def test_retrain_best_on_two_seeds(searched):
-    md, text = search.retrain_best(searched.out, seeds=2, verbose=0)
+    where, text = search.retrain_best(searched.out, seeds=2, verbose=0)
+    assert where == str(searched.out / "report" / "retrain.md")
     payload = json.loads((searched.out / "report" / "retrain.json").read_text())
     best = json.loads((searched.out / "report" / "best.json").read_text())
     assert payload["trial"] == best["trial"] and [r["seed"] for r in payload["runs"]] == [0, 1]
@@ -229,103 +245,310 @@ def test_retrain_best_on_two_seeds(searched):
     tops = [r["test_top1"] for r in payload["runs"]]
     assert payload["summary"]["test_top1"]["mean"] == pytest.approx(np.mean(tops))
     assert payload["summary"]["test_top1"]["std"] == pytest.approx(np.std(tops, ddof=1))
-    assert md.is_file() and "test_top1" in text and "+-" in text
+    assert "test_top1" in text and "+-" in text
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server) -> str:
+    name = s3_server.make_bucket(f"search-{uuid.uuid4().hex[:8]}")
+    s3_server.client().put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+@pytest.fixture(scope="module")
+def s3_data(bucket, data_root) -> str:
+    from twohead.config import load_config
+
+    return prepare.prepare(load_config(preset="smoke", overrides=TINY_DATA), f"s3://{bucket}/datasets").url
+
+
+def _objects(s3_server, bucket: str, prefix: str) -> list[str]:
+    keys, token = [], None
+    while True:
+        kw = {"Bucket": bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+        page = s3_server.client().list_objects_v2(**kw)
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return keys
+        token = page["NextContinuationToken"]
 
 
 @pytest.mark.slow
-def test_multi_worker_trial_runs_a_torch_trainer(ray_session, data_root, tmp_path):
-    # 1 CPU for the trial's driver + 2 DDP workers x 0.5 CPU = the head's 2 CPUs
-    spec = load_search_space(
-        _space(
-            tmp_path,
-            "ddp",
-            base={"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 1, "optim.milestones": []}},
-            search_={"num_samples": 1, "max_concurrent": 1, "seed": 0},
-            resources={"cpus_per_trial": 0.5, "workers_per_trial": 2},
-        )
+def test_search_on_the_data_plane_keeps_everything_in_storage(ray_session, s3_server, bucket, s3_data, tmp_path):
+    """The issue's acceptance run: prepare to S3, search --data from S3 with --storage-path S3 and a local --out;
+    labels once per key; every epoch-2 trial killed once (spot node) and resumed from its checkpoint; the local
+    folder deleted and the report rebuilt from the bucket."""
+    space = _space(
+        tmp_path,
+        "plane",
+        base={"preset": "smoke", "set": {"optim.epochs": 2, "optim.milestones": [], "optim.lr": 0.05}},
+        params={
+            "u": {"type": "int", "low": 2, "high": 3},
+            "clustering": {"type": "categorical", "choices": ["random", "kmeans"]},
+        },
+        # 5 trials over 4 (clustering, u) keys: at least two trials share a labels file.
+        search_={"num_samples": 5, "max_concurrent": 2, "seed": 0, "n_startup_trials": 5, "asha": {"grace_period": 1}},
     )
-    res = search.run_search(spec, tmp_path / "out", verbose=0)
+    spec = load_search_space(space)
+    out = tmp_path / "out"
+    res = search.run_search(spec, out, data=s3_data, storage_path=f"s3://{bucket}/search", verbose=0, fail_at_epoch=2)
+    record = f"s3://{bucket}/search/plane"
+    assert res.errors == 0 and res.record == record and res.experiment == record
+    study = _load(out, "plane")
+    trials = study.trials
+    assert len(trials) == 5
+    _check_states(trials, 2)
+
+    keys: dict[str, list[int]] = {}
+    attempts: dict[str, int] = {}  # a trial asks for its labels once per start: its first run and its retry
+    for t in trials:
+        assert t.user_attrs["data_uri"] == s3_data
+        key = (t.params["clustering"], t.params["u"])
+        assert t.user_attrs["labels_uri"] == f"{s3_data}/labels/{key[0]}-u{key[1]}-rceil-s0.parquet"
+        assert storage.exists(t.user_attrs["labels_uri"])
+        keys.setdefault(t.user_attrs["labels_uri"], []).append(t.number)
+        run = t.user_attrs["run_dir"]
+        attempts[t.user_attrs["labels_uri"]] = attempts.get(t.user_attrs["labels_uri"], 0) + 1 + (t.user_attrs["epochs"] == 2)
+        assert run == f"{record}/trial_{t.user_attrs['tune_trial_id']}/run"
+        hist = _history(run)
+        assert [h["epoch"] for h in hist] == list(range(1, len(hist) + 1))  # each epoch once, also after a kill
+        cfg = yaml.safe_load(storage.read_bytes(f"{run}/config.yaml"))
+        assert (cfg["method"]["clustering"], cfg["method"]["u"]) == key and cfg["data"]["train_fraction"] == 0.05
+        if len(hist) == 2:  # reached epoch 2: killed once there, retried from its epoch-1 checkpoint
+            assert storage.exists(f"{record}/trial_{t.user_attrs['tune_trial_id']}/_fault-injected-epoch2")
+            assert storage.exists(f"{run}/metrics.json")
+    assert any(len(v) > 1 for v in keys.values())
+    # Computed once per key: the service's count, and S3's own count of writes to each labels file.
+    meta = json.loads((out / "search.json").read_text())
+    assert {u: v["computed"] for u, v in meta["labels"].items()} == {u: 1 for u in keys}
+    assert {u: v["requests"] for u, v in meta["labels"].items()} == attempts
+    prefix = s3_data.split(f"s3://{bucket}/", 1)[1] + "/labels/"
+    versions = s3_server.client().list_object_versions(Bucket=bucket, Prefix=prefix).get("Versions", [])
+    assert sorted(v["Key"].rsplit("/", 1)[1] for v in versions if not v["Key"].endswith("/")) == sorted(
+        u.rsplit("/", 1)[1] for u in keys
+    )
+    objects = _objects(s3_server, bucket, "search/plane/")
+    for name in ("search.json", "search_space.yaml", "plane.db", "report/report.md", "report/best.json", "tuner.pkl"):
+        assert f"search/plane/{name}" in objects, name
+
+    best = json.loads(storage.read_bytes(f"{record}/report/best.json"))
+    shutil.rmtree(out)  # the driver's working directory is gone: the bucket has everything
+    rebuilt = tmp_path / "rebuilt"
+    assert report.main([record, "--out", str(rebuilt)]) == 0
+    assert json.loads((rebuilt / "report" / "best.json").read_text()) == best
+    assert json.loads(storage.read_bytes(f"{record}/report/best.json")) == best
+
+
+@pytest.mark.slow
+def test_multi_worker_trial_streams_and_keeps_its_run_in_storage(ray_session, bucket, data_root, tmp_path):
+    """A DDP trial (2 gloo workers, validation sharded over them) reading a large-image (72 px) dataset through Ray
+    Data, with its run folder published to S3 by rank 0."""
+    from twohead.config import load_config
+
+    ds = prepare.prepare(load_config(preset="smoke", overrides=[*TINY_DATA, "data.image_size=72"]), f"s3://{bucket}/big").url
+    # 0.5 CPU for the trial's driver + 2 DDP workers x 0.25 CPU: Ray Data decodes on the head's remaining CPU
+    space = _space(
+        tmp_path,
+        "ddp",
+        base={"preset": "smoke", "set": {"optim.epochs": 1, "optim.milestones": [], "optim.batch_size": 32}},
+        search_={"num_samples": 1, "max_concurrent": 1, "seed": 0},
+        resources={"cpus_per_trial": 0.25, "workers_per_trial": 2},
+    )
+    res = search.run_search(load_search_space(space), tmp_path / "out", data=ds, storage_path=f"s3://{bucket}/ddp", verbose=0)
     assert res.errors == 0
     (t,) = _load(tmp_path / "out", "ddp").trials
     assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["epochs"] == 1 and "test_top1" in t.user_attrs
-    trial_dir = Path(t.user_attrs["run_dir"]).parent
-    assert (Path(t.user_attrs["run_dir"]) / "metrics.json").is_file()
-    assert (trial_dir / f"train_{t.user_attrs['tune_trial_id']}").is_dir()  # the TorchTrainer's run storage
-
-
-@pytest.mark.slow
-def test_experiment_in_s3_storage(ray_session, s3_server, data_root, tmp_path):
-    # Tune keeps the experiment (checkpoints, trial folders with the loop's files) in S3; the study and the
-    # report stay in the local results folder.
-    bucket = s3_server.make_bucket("twohead-search")
-    spec = load_search_space(
-        _space(
-            tmp_path,
-            "s3tiny",
-            base={"preset": "smoke", "set": {"data.train_fraction": 0.05, "optim.epochs": 1, "optim.milestones": []}},
-            search_={"num_samples": 1, "max_concurrent": 1, "seed": 0},
-        )
+    run = t.user_attrs["run_dir"]
+    assert run == f"s3://{bucket}/ddp/ddp/trial_{t.user_attrs['tune_trial_id']}/run"
+    metrics = json.loads(storage.read_bytes(f"{run}/metrics.json"))
+    assert metrics["top1"] == pytest.approx(t.user_attrs["test_top1"]) and metrics["epochs"] == 1
+    assert storage.list_files(
+        f"s3://{bucket}/ddp/ddp/trial_{t.user_attrs['tune_trial_id']}/train_{t.user_attrs['tune_trial_id']}"
     )
-    res = search.run_search(spec, tmp_path / "out", storage_path=f"s3://{bucket}/runs", verbose=0)
-    assert res.errors == 0 and res.experiment == f"s3://{bucket}/runs/s3tiny"
-    (t,) = _load(tmp_path / "out", "s3tiny").trials
-    assert t.state == optuna.trial.TrialState.COMPLETE and "test_top1" in t.user_attrs
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket, Prefix="runs/s3tiny/")["Contents"]]
-    trial = f"runs/s3tiny/trial_{t.user_attrs['tune_trial_id']}"
-    assert f"{trial}/run/metrics.json" in keys and f"{trial}/run/config.yaml" in keys  # the loop's files, synced
-    assert any(k.startswith(f"{trial}/checkpoint_") and k.endswith("/state.pt") for k in keys)
-    assert (tmp_path / "out" / "report" / "report.md").is_file()
+
+
+def _driver(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_and_keeps_finished_trials(ray_head, data_root, tmp_path):
-    space = _space(tmp_path, "resume", search_={"num_samples": 3, "max_concurrent": 2, "seed": 1})
+def test_interrupted_then_killed_search_resumes_with_true_states(ray_head, data_root, tmp_path):
+    """Ctrl-C: exit 130, the running trials stay RUNNING (not FAIL). A SIGKILL (a crash) later. The third run
+    continues every trial under its Optuna number and the study ends with each trial's true state and value."""
+    space = _space(
+        tmp_path,
+        "resume",
+        # Validation every 2nd epoch (and the last): epochs 2 and 3 carry the metric, epoch 1 reports without it.
+        base={
+            "preset": "smoke",
+            "set": {"data.train_fraction": 0.05, "optim.epochs": 3, "optim.milestones": [], "run.eval_every": 2},
+        },
+        search_={"num_samples": 3, "max_concurrent": 2, "seed": 1},
+    )
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "rayjobs.search",
-        "--space",
-        str(space),
-        "--out",
-        str(out),
-        "--address",
-        ray_head.address,
-        "--verbose",
-        "0",
-    ]
+    cmd = [sys.executable, "-m", "rayjobs.search", "--space", str(space), "--out", str(out)]
+    cmd += ["--address", ray_head.address, "--verbose", "0"]
     env = dict(os.environ, TWOHEAD_DATA=str(data_root))
-    log1 = open(tmp_path / "driver1.log", "w")
-    driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log1, stderr=subprocess.STDOUT)
-    finished: dict[int, tuple] = {}
+
+    def trials() -> list:
+        return _load(out, "resume").trials if (out / "search.json").is_file() else []
+
+    def wait_for(cond, proc, what: str, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            assert proc.poll() is None, f"driver exited early; {what}"
+            if cond(trials()):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting: {what}")
+
+    # 1) Ctrl-C once a trial is mid-way (an epoch reported, not finished).
+    d1 = _driver(cmd, env, tmp_path / "d1.log")
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not finished:
-            time.sleep(1)
-            assert driver.poll() is None, (tmp_path / "driver1.log").read_text()[-3000:]
-            if (out / "search.json").is_file():  # written once the driver has created the study
-                done = [t for t in _load(out, "resume").trials if t.state.name == "COMPLETE"]
-                finished = {t.number: (t.value, t.datetime_complete, t.user_attrs["run_dir"]) for t in done}
-        assert finished, "no trial finished in time"
+        wait_for(lambda ts: any(t.intermediate_values and t.state.name == "RUNNING" for t in ts), d1, "a trial mid-way")
+        d1.send_signal(signal.SIGINT)
+        assert d1.wait(timeout=120) == 130, (tmp_path / "d1.log").read_text()[-3000:]
     finally:
-        driver.kill()  # a crash, not a graceful stop: nothing gets saved on the way out
-        driver.wait()
-        log1.close()
-    assert len(finished) < 3, "the driver should be killed half-way"
+        if d1.poll() is None:
+            d1.kill()
+    after1 = {t.number: t for t in trials()}
+    assert not [t for t in after1.values() if t.state.name == "FAIL"], "an interrupted driver fails nothing"
+    cut = [n for n, t in after1.items() if t.state.name == "RUNNING"]
+    assert cut and "interrupted by SIGINT" in (out / "report" / "report.md").read_text()
 
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    # 2) A crash of the second driver after a trial finished.
+    d2 = _driver(cmd, env, tmp_path / "d2.log")
+    try:
+        done_before = sum(t.state.name == "COMPLETE" for t in after1.values())
+        wait_for(lambda ts: sum(t.state.name == "COMPLETE" for t in ts) > done_before, d2, "one more finished trial")
+    finally:
+        d2.kill()
+        d2.wait()
+    finished = {t.number: (t.value, t.datetime_complete) for t in trials() if t.state.name == "COMPLETE"}
+
+    # 3) The same command finishes the search.
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "Resuming the search" in again.stdout and "optuna-dashboard sqlite:///" in again.stdout
-
-    trials = _load(out, "resume").trials
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    states = [(t.number, t.state.name, t.value, t.user_attrs.get("tune_trial_id"), t.user_attrs.get("epochs")) for t in trials]
-    assert len(complete) == 3 and not [t for t in trials if t.state.name == "RUNNING"], (states, finished, again.stdout[-4000:])
-    for t in complete:  # trials cut by the kill continued from their checkpoint: each epoch once in the history
-        assert [h["epoch"] for h in _history(t.user_attrs["run_dir"])] == [1, 2]
-    by_number = {t.number: t for t in trials}
-    for number, (value, when, run_dir) in finished.items():
-        t = by_number[number]
-        assert t.state.name == "COMPLETE" and t.value == value and t.datetime_complete == when
-        assert len(_history(run_dir)) == 2, "a trial finished before the kill was trained again"
+    assert "Resuming the search" in again.stdout
+    final = {t.number: t for t in trials()}
+    assert len(final) == 3 and {t.state.name for t in final.values()} == {"COMPLETE"}, {
+        n: (t.state.name, t.value) for n, t in final.items()
+    }
+    for t in final.values():
+        hist = _history(t.user_attrs["run_dir"])
+        assert [h["epoch"] for h in hist] == [1, 2, 3]  # continued from checkpoints: each epoch once
+        assert t.value == pytest.approx(hist[-1]["val_top1"]) and sorted(t.intermediate_values) == [2, 3]
+        assert "val_top1" not in hist[0] and t.intermediate_values[2] == pytest.approx(hist[1]["val_top1"])
+    for n, (value, when) in finished.items():  # finished before the crash: kept as they were
+        assert final[n].value == value and final[n].datetime_complete == when
+    assert set(cut) <= set(final)  # the trials cut by Ctrl-C finished under their own numbers
+    best = json.loads((out / "report" / "best.json").read_text())
+    assert best["value"] == max(t.value for t in final.values())
     assert "(resumed)" in (out / "report" / "report.md").read_text()
+
+
+def _submit(client, entrypoint: str, env: dict, timeout: float = 90) -> str:
+    """submit_job, retried while the head's job agent is still starting ("No available agent")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=env)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _wait(client, job_id: str, timeout: float) -> str:
+    from ray.job_submission import JobStatus
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return status
+        time.sleep(1.0)
+    client.stop_job(job_id)
+    raise AssertionError(f"job {job_id} did not finish in {timeout:.0f}s; logs:\n{client.get_job_logs(job_id)[-4000:]}")
+
+
+@pytest.mark.slow
+def test_search_job_keeps_the_postgres_password_secret_and_survives_its_working_dir(
+    ray_head, s3_server, bucket, s3_data, data_root, tmp_path, postgres_url
+):
+    """``ray job submit`` of a search with --storage env:TWOHEAD_TEST_POSTGRES_URL (the head's environment, as a
+    cluster's nodes would have it): the password is in no file the search wrote, no log, no job listing; the job's
+    working directory is deleted and the report is rebuilt from the bucket."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from sqlalchemy.engine import make_url
+
+    password = make_url(os.environ["TWOHEAD_TEST_POSTGRES_URL"]).password
+    assert password and len(password) >= 8
+    study = f"job{uuid.uuid4().hex[:6]}"
+    space = _space(
+        tmp_path,
+        study,
+        base={"preset": "smoke", "set": {"optim.epochs": 1, "optim.milestones": []}},
+        search_={"num_samples": 3, "max_concurrent": 2, "seed": 0},
+    )
+    workdir = tmp_path / "jobdir"  # the job's own working_dir: the search space file only
+    workdir.mkdir()
+    shutil.copy(space, workdir / "space.yaml")
+    env = {
+        "working_dir": str(workdir),
+        "env_vars": {
+            "AWS_ENDPOINT_URL": s3_server.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "TWOHEAD_DATA": str(data_root),
+            "TQDM_DISABLE": "1",
+        },
+    }
+    client = JobSubmissionClient(ray_head.dashboard_url)
+    entry = (
+        f"python -m rayjobs.search --space space.yaml --data {s3_data} --storage-path s3://{bucket}/jobs "
+        f"--storage env:TWOHEAD_TEST_POSTGRES_URL --study-name {study} --verbose 0"
+    )
+    job = _submit(client, entry, env)
+    assert _wait(client, job, timeout=420) == JobStatus.SUCCEEDED, client.get_job_logs(job)[-6000:]
+    logs = client.get_job_logs(job)
+    record = f"s3://{bucket}/jobs/{study}"
+    mirror = Path(next(ln for ln in logs.splitlines() if ln.startswith("Report: ")).split("(mirror: ", 1)[1].rstrip(")"))
+    local_out = mirror.parents[1]  # <job working dir>/runs/<study>-search
+    assert local_out.is_dir() and (local_out / "search.json").is_file()
+
+    # No secret anywhere: the local mirror, every object of the search (tuner.pkl and searcher state included),
+    # the job's logs, the job listing.
+    secret = password.encode()
+    for f in local_out.rglob("*"):
+        assert not f.is_file() or secret not in f.read_bytes(), f
+    objects = _objects(s3_server, bucket, f"jobs/{study}/")
+    assert any(k.endswith("tuner.pkl") for k in objects) and any("/searcher-state-" in k for k in objects), objects
+    for key in objects:
+        assert secret not in s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read(), key
+    assert password not in logs
+    details = next(j for j in client.list_jobs() if j.submission_id == job)
+    assert password not in details.entrypoint and password not in str(details)
+    listing = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "list", "--address", ray_head.dashboard_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listing.returncode == 0 and job in listing.stdout and password not in listing.stdout + listing.stderr
+
+    # The study is in PostgreSQL, with every trial and its data/labels files.
+    pg = optuna.load_study(study_name=study, storage=os.environ["TWOHEAD_TEST_POSTGRES_URL"])
+    assert len(pg.trials) == 3 and all(t.state.name == "COMPLETE" and t.user_attrs["data_uri"] == s3_data for t in pg.trials)
+    assert json.loads(storage.read_bytes(f"{record}/search.json"))["storage"] == "env:TWOHEAD_TEST_POSTGRES_URL"
+
+    # The working directory goes away; nothing is lost.
+    best = json.loads(storage.read_bytes(f"{record}/report/best.json"))
+    pkg = next(p for p in mirror.parents if p.name.startswith("_ray_pkg_"))
+    shutil.rmtree(pkg)
+    shutil.rmtree(workdir)
+    assert report.main([record, "--out", str(tmp_path / "rebuilt")]) == 0
+    assert json.loads((tmp_path / "rebuilt" / "report" / "best.json").read_text()) == best
+    for t in pg.trials:
+        assert storage.exists(f"{t.user_attrs['run_dir']}/metrics.json")

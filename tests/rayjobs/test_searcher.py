@@ -1,0 +1,163 @@
+"""rayjobs.searcher: the study records what happened to each Tune trial (real Optuna studies, no Ray cluster).
+
+Tune's calls are replayed in the order Tune makes them (suggest, on_trial_result per reported epoch, then
+on_trial_complete with the last result; a trial stopped by ASHA gets only on_trial_complete for its last epoch).
+"""
+
+from __future__ import annotations
+
+import types
+
+import optuna
+import pytest
+import ray.cloudpickle
+import yaml
+from optuna.trial import TrialState
+
+from rayjobs.report import select_best
+from rayjobs.search_space import load_search_space
+from rayjobs.searcher import INTERRUPTED, StudySearcher, outcome, reconcile
+from rayjobs.study import default_storage_url, open_storage, open_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ENV = "TWOHEAD_TEST_SEARCHER_STORAGE"
+
+
+@pytest.fixture
+def spec(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(
+        yaml.safe_dump(
+            {
+                "base": {"preset": "smoke", "set": {"optim.epochs": 3, "optim.milestones": []}},
+                "params": {
+                    "u": {"type": "int", "low": 2, "high": 30},
+                    "clustering": {"type": "categorical", "choices": ["random", "kmeans"]},
+                },
+                "search": {"num_samples": 4, "seed": 0, "n_startup_trials": 2},
+            }
+        )
+    )
+    return load_search_space(p)
+
+
+@pytest.fixture
+def url(tmp_path, spec, monkeypatch):
+    # The folder name stands in for a secret: it must never reach a pickle.
+    folder = tmp_path / "secret-4b1d"
+    folder.mkdir()
+    u = default_storage_url(folder, spec.study_name)
+    monkeypatch.setenv(ENV, u)
+    open_study(u, spec)
+    return u
+
+
+def _searcher(spec) -> StudySearcher:
+    return StudySearcher(spec, storage_env=ENV, experiment="s3://b/search/s", sampler=optuna.samplers.TPESampler(seed=0))
+
+
+def test_outcome_of_a_last_result():
+    assert outcome({"epoch": 3, "epochs_total": 3, "val_top1": 40.0}, "val_top1", False) == ("COMPLETE", 40.0)
+    # Tune sets done=True on the last result of a trial the scheduler stopped: that is not a finished trial.
+    assert outcome({"epoch": 1, "epochs_total": 3, "val_top1": 40.0, "done": True}, "val_top1", False) == ("PRUNED", None)
+    assert outcome({"epoch": 3, "epochs_total": 3}, "val_top1", True) == ("FAIL", None)
+    assert outcome(None, "val_top1", False) == ("PRUNED", None)
+
+
+def test_each_trial_is_recorded_with_its_true_state(spec, url):
+    s = _searcher(spec)
+    params = {tid: s.suggest(tid) for tid in ("full", "asha", "error", "cut")}
+    for e, v in ((1, 20.0), (2, 30.0)):
+        s.on_trial_result(
+            "full", {"epoch": e, "val_top1": v, "epochs_total": 3, "data_uri": "s3://b/d", "labels_uri": "s3://b/d/l"}
+        )
+    s.on_trial_result("full", {"epoch": 3, "epochs_total": 3})  # an epoch without validation (run.eval_every > 1)
+    s.on_trial_complete("full", {"epoch": 3, "val_top1": 35.0, "epochs_total": 3, "test_top1": 33.0, "run_dir": "s3://b/r"})
+    s.on_trial_complete("asha", {"epoch": 1, "val_top1": 52.5, "epochs_total": 3, "done": True})
+    s.on_trial_result("error", {"epoch": 1, "val_top1": 10.0, "epochs_total": 3})
+    s.on_trial_complete("error", error=True)
+    s.on_trial_result("cut", {"epoch": 1, "val_top1": 15.0, "epochs_total": 3})
+    INTERRUPTED.set()
+    try:
+        s.on_trial_complete("cut", {"epoch": 1, "val_top1": 15.0, "epochs_total": 3})
+        assert s.suggest("late") is None  # an interrupted driver starts no new trial
+    finally:
+        INTERRUPTED.clear()
+
+    by_tune = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name=spec.study_name, storage=url).trials}
+    assert {k: t.state for k, t in by_tune.items()} == {
+        "full": TrialState.COMPLETE,
+        "asha": TrialState.PRUNED,
+        "error": TrialState.FAIL,
+        "cut": TrialState.RUNNING,
+    }
+    full, asha = by_tune["full"], by_tune["asha"]
+    assert full.value == 35.0 and full.intermediate_values == {1: 20.0, 2: 30.0, 3: 35.0}
+    assert full.user_attrs["epochs"] == 3 and full.user_attrs["test_top1"] == 33.0
+    assert (full.user_attrs["data_uri"], full.user_attrs["labels_uri"]) == ("s3://b/d", "s3://b/d/l")
+    assert asha.value == 52.5 and asha.intermediate_values == {1: 52.5}  # Optuna: last intermediate value
+    assert by_tune["cut"].intermediate_values == {1: 15.0}
+    assert {k: dict(t.params) for k, t in by_tune.items()} == params
+    assert all(t.user_attrs["experiment"] == "s3://b/search/s" for t in by_tune.values())
+
+    # The report chooses among trials that trained all their epochs: the pruned trial's 52.5 is not comparable.
+    best, note = select_best(optuna.load_study(study_name=spec.study_name, storage=url), spec)
+    assert best.number == full.number and note == "among the 1 trials that trained all their epochs"
+
+
+def test_pickles_hold_no_storage_url_and_a_restored_searcher_continues(spec, url, tmp_path):
+    s = _searcher(spec)
+    s.suggest("a")
+    s.on_trial_result("a", {"epoch": 1, "val_top1": 20.0, "epochs_total": 3})
+    blob = ray.cloudpickle.dumps(s)  # what Tune writes into tuner.pkl
+    s.save(str(tmp_path / "searcher-state.pkl"))  # what Tune writes into the experiment folder
+    for data in (blob, (tmp_path / "searcher-state.pkl").read_bytes()):
+        assert b"secret-4b1d" not in data and b"sqlite" not in data
+
+    restored = ray.cloudpickle.loads(blob)
+    restored.restore(str(tmp_path / "searcher-state.pkl"))
+    restored.on_trial_result("a", {"epoch": 2, "val_top1": 25.0, "epochs_total": 3})
+    restored.on_trial_complete("a", {"epoch": 3, "val_top1": 27.5, "epochs_total": 3})
+    (t,) = optuna.load_study(study_name=spec.study_name, storage=url).trials
+    assert t.state == TrialState.COMPLETE and t.value == 27.5 and t.intermediate_values == {1: 20.0, 2: 25.0, 3: 27.5}
+
+
+def test_reconcile_settles_running_trials_from_tunes_results(spec, url):
+    s = _searcher(spec)
+    for tid in ("done", "stopped", "broken", "unknown"):
+        s.suggest(tid)
+    other = optuna.load_study(study_name=spec.study_name, storage=url).ask()  # another experiment's live trial
+    other.set_user_attr("experiment", "s3://b/search/other")
+    results = [
+        types.SimpleNamespace(metrics={"trial_id": "done", "epoch": 3, "epochs_total": 3, "val_top1": 41.0}, error=None),
+        types.SimpleNamespace(metrics={"trial_id": "stopped", "epoch": 1, "epochs_total": 3, "val_top1": 9.0}, error=None),
+        types.SimpleNamespace(metrics={"trial_id": "broken", "epoch": 2}, error=RuntimeError("x")),
+    ]
+    study = optuna.load_study(study_name=spec.study_name, storage=url)
+    assert reconcile(study, open_storage(url), "s3://b/search/s", results, "val_top1") == 3
+    states = {t.user_attrs.get("tune_trial_id", "other"): (t.state.name, t.value) for t in study.trials}
+    assert states == {
+        "done": ("COMPLETE", 41.0),
+        "stopped": ("PRUNED", 9.0),
+        "broken": ("FAIL", None),
+        "unknown": ("RUNNING", None),  # no Tune result: left to the orphan rule
+        "other": ("RUNNING", None),
+    }
+
+
+def test_a_trial_asked_by_a_killed_driver_is_adopted_not_failed(spec, url, tmp_path):
+    first = _searcher(spec)
+    first.suggest("a")
+    first.save(str(tmp_path / "snapshot.pkl"))  # the last experiment snapshot before the crash
+    lost = first.suggest("b")  # asked, then the driver died before Tune recorded trial b
+    second = _searcher(spec)
+    second.restore(str(tmp_path / "snapshot.pkl"))
+    assert second.suggest("c") == lost  # trial c continues the study's trial #1 with its parameters
+    second.on_trial_complete("c", {"epoch": 3, "val_top1": 30.0, "epochs_total": 3})
+    second.suggest("d")  # the next one is a new ask
+    trials = optuna.load_study(study_name=spec.study_name, storage=url).trials
+    assert [(t.number, t.state.name, t.user_attrs["tune_trial_id"]) for t in trials] == [
+        (0, "RUNNING", "a"),
+        (1, "COMPLETE", "c"),
+        (2, "RUNNING", "d"),
+    ]
