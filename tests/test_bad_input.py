@@ -234,7 +234,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "reproduce-budget",
         ["-m", "rayjobs.reproduce", "--time-budget", "-5", "--dry-run"],
-        r"--time-budget -5 must be a positive number of seconds",
+        r"--time-budget -5 must be >= 0 seconds",
     ),
     ("reproduce-table", ["-m", "rayjobs.reproduce", "--table", "nope"], r"argument --table: invalid choice: 'nope'"),
     (

@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.concurrent < 0:
             raise ConfigError(f"--concurrent {args.concurrent} must be >= 1 (0 = 4 with a GPU, else 1)")
-        if args.time_budget is not None and not args.time_budget > 0:
-            raise ConfigError(f"--time-budget {args.time_budget:g} must be a positive number of seconds")
+        if args.time_budget is not None and not args.time_budget >= 0:
+            raise ConfigError(f"--time-budget {args.time_budget:g} must be >= 0 seconds (0 launches nothing)")
         specs = plan_runs(
             tables,
             methods=_list(args.methods, str, "--methods") if args.methods else None,
