@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .augment import normalize, to_nchw
-from .metrics import DENSE_CONFUSION_MAX_CLASSES, expected_calibration_error, recall_report
+from .metrics import prediction_report, recall_report
 from .readings import LA_TAUS, TAU_NORMS, log_prior, logit_adjusted, readings_of, tau_normalised_logits
 from .runtime import amp_dtype, rank_world
 
@@ -125,27 +125,14 @@ class Evaluator:
         y = torch.cat(self.labels).numpy().astype(np.int64)
         preds = self.predictions()
         pred = preds[self.default]
-        conf, p_true = torch.cat(self.conf).double().numpy(), torch.cat(self.p_true).double().numpy()
-        report = recall_report(pred, y, self.counts)
-        c = self.counts.size
-        confusion = np.bincount(y * c + pred, minlength=c * c).reshape(c, c)
-        report.update(
-            ece=expected_calibration_error(conf, pred == y),
-            nll=float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
-            num_samples=int(y.size),
-            num_classes=int(c),
-            reading=self.default,
+        report = prediction_report(
+            pred, y, self.counts, confidence=torch.cat(self.conf).double().numpy(), p_true=torch.cat(self.p_true).double().numpy()
         )
+        report["reading"] = self.default
         groups = {r: {k: v for k, v in recall_report(preds[r], y, self.counts).items() if k in GROUP_KEYS} for r in self.readings}
         report["by_inference"] = {r: g["top1"] for r, g in groups.items()}
         report["by_inference_groups"] = groups
         report["posthoc"] = {k: float((p == y).mean() * 100.0) for k, p in preds.items() if k not in self.readings}
-        if c <= DENSE_CONFUSION_MAX_CLASSES:
-            report["confusion"] = confusion.tolist()
-        else:
-            rows, cols = np.nonzero(confusion)
-            report["confusion"] = None
-            report["confusion_sparse"] = np.stack([rows, cols, confusion[rows, cols]], axis=1).tolist()
         return report
 
 

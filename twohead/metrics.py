@@ -40,6 +40,7 @@ __all__ = [
     "weight_norms",
     "cluster_weight_norms",
     "recall_report",
+    "prediction_report",
 ]
 
 #: a class is "many" if it has strictly more training images than this (paper Sec. 3.2)
@@ -178,12 +179,22 @@ def classification_report(
         )
 
     pred = p.argmax(axis=1)  # ties -> lowest class index, deterministic
-    p_true = p[np.arange(n), y]
+    return prediction_report(pred, y, counts, confidence=p.max(axis=1), p_true=p[np.arange(n), y])
+
+
+def prediction_report(
+    pred: np.ndarray, labels: np.ndarray, train_class_counts: Any, *, confidence: np.ndarray, p_true: np.ndarray
+) -> dict[str, Any]:
+    """:func:`classification_report` from per-sample predictions, top-1 confidence and the true class's probability
+    (what an evaluation keeps between batches instead of the [N, C] probabilities)."""
+    counts = _counts_array(train_class_counts)
+    pred, y = np.asarray(pred, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+    c = counts.size
     report, confusion = _recall_report(pred, y, counts)
     report.update(
-        ece=expected_calibration_error(p.max(axis=1), pred == y),
-        nll=float(-np.log(np.clip(p_true, _NLL_EPS, None)).mean()),
-        num_samples=int(n),
+        ece=expected_calibration_error(np.asarray(confidence, dtype=np.float64), pred == y),
+        nll=float(-np.log(np.clip(np.asarray(p_true, dtype=np.float64), _NLL_EPS, None)).mean()),
+        num_samples=int(y.size),
         num_classes=int(c),
     )
     if c <= DENSE_CONFUSION_MAX_CLASSES:
