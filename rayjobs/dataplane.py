@@ -277,20 +277,9 @@ def request_labels(service: Any, cfg: Any) -> str | None:
 # Worker side
 # --------------------------------------------------------------------------------------------
 def _ltdata(manifest: Manifest, splits: dict[str, Any], note: str):
-    from twohead.data import LTData
+    from rayjobs.stream import manifest_ltdata
 
-    return LTData(
-        name=manifest.dataset,
-        class_names=list(manifest.class_names),
-        num_classes=manifest.num_classes,
-        image_size=manifest.image_size,
-        mean=tuple(manifest.mean),
-        std=tuple(manifest.std),
-        train=splits["train"],
-        val=splits.get("val"),
-        test=splits["test"],
-        notes=[note],
-    )
+    return manifest_ltdata(manifest, splits["train"], splits.get("val"), splits["test"], note)
 
 
 def _decode_in_my_placement_group() -> None:

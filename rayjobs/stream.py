@@ -436,7 +436,7 @@ def ltdata_from_manifest(
     placeholder images that take no memory. Every rank evaluates its share of val/test (the loop shards and
     gathers them); ``with_eval`` False gives an empty test split and no val split (label-only uses).
     """
-    from twohead.data import LTData, Split
+    from twohead.data import Split
 
     counts = np.asarray(manifest.class_counts, dtype=np.int64)
     n = int(counts.sum())
@@ -455,6 +455,14 @@ def ltdata_from_manifest(
         test = Split(
             np.zeros(0, np.int64), np.zeros(0, np.int64), images=np.zeros((0, 1, 1, 3), np.uint8), image_size=manifest.image_size
         )
+    return manifest_ltdata(manifest, train_split, val, test, f"{'loaded' if train else 'streamed'} from {manifest.url}")
+
+
+def manifest_ltdata(manifest: Manifest, train: Any, val: Any, test: Any, note: str) -> Any:
+    """The :class:`~twohead.data.LTData` of a prepared dataset (its :class:`~twohead.data.Split` s given): names,
+    normalisation and image size from its manifest."""
+    from twohead.data import LTData
+
     return LTData(
         name=manifest.dataset,
         class_names=list(manifest.class_names),
@@ -462,8 +470,8 @@ def ltdata_from_manifest(
         image_size=manifest.image_size,
         mean=tuple(manifest.mean),
         std=tuple(manifest.std),
-        train=train_split,
+        train=train,
         val=val,
         test=test,
-        notes=[f"{'loaded' if train else 'streamed'} from {manifest.url}"],
+        notes=[note],
     )
