@@ -166,6 +166,7 @@ def test_missing_bucket(s3_server, data_root):
         storage.write_bytes("s3://no-such-bucket-x/a/b.json", b"{}")
 
 
+@pytest.mark.timeout(60)  # a clear error, never a hang (the retries are bounded)
 def test_unreachable_endpoint(s3_server, monkeypatch):
     import socket
 
@@ -174,12 +175,10 @@ def test_unreachable_endpoint(s3_server, monkeypatch):
         port = sock.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("TWOHEAD_S3_RETRIES", "1")
-    t0 = time.monotonic()
     with pytest.raises(StorageError, match="unreachable"):
         storage.check_reachable("s3://any-bucket/datasets")
     with pytest.raises(StorageError, match="unreachable"):
         storage.read_manifest("s3://any-bucket/datasets/x")
-    assert time.monotonic() - t0 < 10
 
 
 def test_upload_dir_is_complete_when_marker_exists(tmp_path, bucket):
