@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -42,6 +43,7 @@ import numpy as np
 
 from rayjobs import storage
 from rayjobs.storage import Manifest
+from twohead.division import DivisionPlan
 
 __all__ = [
     "IN_MEMORY_MAX_BYTES",
@@ -164,8 +166,12 @@ def _load_splits(plan: DataPlan) -> dict[str, Any]:
 
     m = plan.manifest_obj
     t0 = time.perf_counter()
-    out: dict[str, Any] = {s: load_split(m, s, skip_invalid=plan.skip_invalid) for s in ("train", "val", "test") if s in m.splits}
+    dropped: list = []
+    out: dict[str, Any] = {
+        s: load_split(m, s, skip_invalid=plan.skip_invalid, dropped=dropped) for s in ("train", "val", "test") if s in m.splits
+    }
     out["decode_s"] = time.perf_counter() - t0
+    out["dropped"] = dropped
     return out
 
 
@@ -306,8 +312,9 @@ def worker_inputs(
     shard: Any = None,
     counter: Any = None,
     prefetch_batches: int = 4,
-) -> tuple[Any, Any, dict[str, float]]:
-    """``(LTData, train source, timings)`` of one worker or trial (module docstring, step 3).
+) -> tuple[Any, Any, dict[str, Any]]:
+    """``(LTData, train source, facts)`` of one worker or trial (module docstring, step 3): the facts are timings and
+    the rows ``--skip-invalid`` dropped from the splits loaded here (streamed train rows go to the SkipCounter).
 
     ``shard`` is the worker's ``streaming_split`` (Ray Train); a single-process trial streams the whole dataset.
     """
@@ -320,7 +327,10 @@ def worker_inputs(
 
     t0 = time.perf_counter()
     manifest = plan.manifest_obj
-    lookup = load_lookup(labels_url)[0] if labels_url else None
+    lookup, meta = load_lookup(labels_url) if labels_url else (None, {})
+    # The labels file's division (Eq. 3 on the manifest's counts), which the class-division head must follow even
+    # when --skip-invalid dropped a training row here and shifted a class count.
+    division = DivisionPlan(tuple(json.loads(meta["u_per_class"]))) if "u_per_class" in meta else None
     if plan.in_memory:
         (ref,) = ray.get(service.node_splits.remote(ray.get_runtime_context().get_node_id()))
         splits = ray.get(ref)
@@ -339,8 +349,13 @@ def worker_inputs(
                 cfg.optim.seed,
                 drop_last=use_graphs(cfg, device, world),
             )
-        return data, source, {"data_start_s": time.perf_counter() - t0, "node_decode_s": float(splits.get("decode_s", 0.0))}
-    data = ltdata_from_manifest(manifest, train=False, with_eval=True, cache_dir=plan.cache_dir(), skip_invalid=plan.skip_invalid)
+        timing = {"data_start_s": time.perf_counter() - t0, "node_decode_s": float(splits.get("decode_s", 0.0))}
+        source.division = division
+        return data, source, {**timing, "dropped": list(splits.get("dropped", []))}
+    dropped: list = []
+    data = ltdata_from_manifest(
+        manifest, train=False, with_eval=True, cache_dir=plan.cache_dir(), skip_invalid=plan.skip_invalid, dropped=dropped
+    )
     if shard is None:
         _decode_in_my_placement_group()
         shard = train_dataset(manifest, lookup=lookup, skip_invalid=plan.skip_invalid, counter=counter, seed=cfg.optim.seed)
@@ -354,4 +369,5 @@ def worker_inputs(
         gpu_decode_size=manifest.image_size if plan.gpu_decode else None,
         device=resolve_device(cfg) if plan.gpu_decode else None,
     )
-    return data, source, {"data_start_s": time.perf_counter() - t0}
+    source.division = division
+    return data, source, {"data_start_s": time.perf_counter() - t0, "dropped": dropped}

@@ -78,12 +78,21 @@ class SkipCounter:
             self.rows.setdefault((where, int(rid)), reason)
 
     def summary(self) -> dict[str, Any]:
-        reasons: dict[str, int] = {}
-        for r in self.rows.values():
-            key = r.split(":", 1)[0]
-            reasons[key] = reasons.get(key, 0) + 1
-        first = [{"shard": w, "id": i, "reason": r} for (w, i), r in sorted(self.rows.items())[:10]]
-        return {"skipped": len(self.rows), "by_reason": reasons, "first": first}
+        return skip_summary([(w, i, r) for (w, i), r in self.rows.items()])
+
+    def dropped(self) -> list[dict[str, Any]]:
+        return [{"shard": w, "id": i, "reason": r} for (w, i), r in self.rows.items()]
+
+
+def skip_summary(rows: list[tuple[str, int, str]]) -> dict[str, Any]:
+    """``results/data_report.json``: how many rows ``--skip-invalid`` dropped, by reason, and the first ten."""
+    unique = {(w, int(i)): r for w, i, r in rows}
+    reasons: dict[str, int] = {}
+    for r in unique.values():
+        key = r.split(":", 1)[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    first = [{"shard": w, "id": i, "reason": r} for (w, i), r in sorted(unique.items())[:10]]
+    return {"skipped": len(unique), "by_reason": reasons, "first": first}
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,6 +250,8 @@ def train_dataset(
 class RayBatchSource:
     """:class:`twohead.loop.BatchSource` over this worker's ``streaming_split`` shard."""
 
+    division = None  # the labels file's DivisionPlan, set by the data plane
+
     def __init__(
         self,
         shard: Any,
@@ -325,14 +336,24 @@ def _read_split_table(manifest: Manifest, split: str):
     return t.sort_by("pos") if t is not None else None
 
 
-def load_split(manifest: Manifest, split: str, *, cache_dir: str | Path | None = None, skip_invalid: bool = False):
+def load_split(
+    manifest: Manifest,
+    split: str,
+    *,
+    cache_dir: str | Path | None = None,
+    skip_invalid: bool = False,
+    dropped: list | None = None,
+):
     """A val/test split as a :class:`twohead.data.Split`: decoded in memory for small images, else the encoded
     bytes are written once to ``cache_dir`` and the split is file-backed (decoded by the loop's loader).
 
     ``cache_dir`` is shared by every worker of a node (:meth:`rayjobs.dataplane.DataPlan.cache_dir`): the first
     one copies the split under a file lock and leaves a completion marker; the others, and a restarted worker
-    group, read the marker and copy nothing."""
+    group, read the marker and copy nothing. Rows dropped under ``skip_invalid`` are appended to ``dropped`` as
+    ``(where, id, reason)``, for ``results/data_report.json``."""
     from twohead.data import Split
+
+    dropped = dropped if dropped is not None else []
 
     if manifest.image_size >= CPU_AUGMENT_MIN_SIZE:
         folder = Path(cache_dir or tempfile.mkdtemp(prefix="twohead-eval-")) / split
@@ -343,6 +364,7 @@ def load_split(manifest: Manifest, split: str, *, cache_dir: str | Path | None =
                 if not marker.is_file():
                     _copy_split(manifest, split, folder, marker, skip_invalid)
         done = json.loads(marker.read_text())
+        dropped.extend(tuple(d) for d in done.get("dropped", []))
         ids = np.asarray(done["ids"], dtype=np.int64)
         return Split(
             np.asarray(done["labels"], dtype=np.int64),
@@ -353,7 +375,7 @@ def load_split(manifest: Manifest, split: str, *, cache_dir: str | Path | None =
     from twohead.data.sources import decode_bytes, fit_size
 
     t = _read_split_table(manifest, split)
-    labels, ids, keep = _checked_labels(manifest, split, t, skip_invalid)
+    labels, ids, keep = _checked_labels(manifest, split, t, skip_invalid, dropped)
     blobs = t.column("image").to_pylist()
     size = manifest.image_size
     shard = f"the {split} shards of {manifest.url}"
@@ -369,6 +391,7 @@ def load_split(manifest: Manifest, split: str, *, cache_dir: str | Path | None =
                 if not skip_invalid:
                     raise RowError(f"{shard}: row id {int(ids[i])}: undecodable image: {e}") from None
                 keep[i] = False
+                dropped.append((shard, int(ids[i]), f"undecodable image: {e}"))
 
     # The native decoders release the GIL: threads decode in parallel.
     step = 2048
@@ -377,15 +400,20 @@ def load_split(manifest: Manifest, split: str, *, cache_dir: str | Path | None =
     return Split(labels[keep], ids[keep], images=images[keep], image_size=size)
 
 
-def _checked_labels(manifest: Manifest, split: str, t, skip_invalid: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _checked_labels(
+    manifest: Manifest, split: str, t, skip_invalid: bool, dropped: list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels = t.column("label").to_numpy().astype(np.int64)
     ids = t.column("id").to_numpy().astype(np.int64)
     C = manifest.num_classes
     keep = np.ones(len(labels), dtype=bool)
+    where = f"the {split} shards of {manifest.url}"
     for i in np.flatnonzero((labels < 0) | (labels >= C)).tolist():
+        reason = f"label {int(labels[i])} outside [0, {C})"
         if not skip_invalid:
-            raise RowError(f"the {split} shards of {manifest.url}: row id {int(ids[i])}: label {int(labels[i])} outside [0, {C})")
+            raise RowError(f"{where}: row id {int(ids[i])}: {reason}")
         keep[i] = False
+        dropped.append((where, int(ids[i]), reason))
     return labels, ids, keep
 
 
@@ -394,12 +422,13 @@ def _copy_split(manifest: Manifest, split: str, folder: Path, marker: Path, skip
     from twohead import atomic
 
     t = _read_split_table(manifest, split)
-    labels, ids, keep = _checked_labels(manifest, split, t, skip_invalid)
+    dropped: list = []
+    labels, ids, keep = _checked_labels(manifest, split, t, skip_invalid, dropped)
     for rid, b in zip(ids.tolist(), t.column("image").to_pylist()):
         p = folder / f"{rid}.img"
         if not p.is_file():
             atomic.write_bytes(p, b)
-    atomic.write_text(marker, json.dumps({"ids": ids[keep].tolist(), "labels": labels[keep].tolist()}))
+    atomic.write_text(marker, json.dumps({"ids": ids[keep].tolist(), "labels": labels[keep].tolist(), "dropped": dropped}))
 
 
 @contextmanager
@@ -427,6 +456,7 @@ def ltdata_from_manifest(
     with_eval: bool = True,
     cache_dir: str | Path | None = None,
     skip_invalid: bool = False,
+    dropped: list | None = None,
 ):
     """:class:`twohead.data.LTData` of a Ray run: class counts from the manifest, val/test from their shards.
 
@@ -441,15 +471,16 @@ def ltdata_from_manifest(
     counts = np.asarray(manifest.class_counts, dtype=np.int64)
     n = int(counts.sum())
     if train:
-        train_split = load_split(manifest, "train", cache_dir=cache_dir, skip_invalid=skip_invalid)
+        train_split = load_split(manifest, "train", cache_dir=cache_dir, skip_invalid=skip_invalid, dropped=dropped)
     else:
         placeholder = np.broadcast_to(np.zeros((1, 1, 1, 3), dtype=np.uint8), (n, 1, 1, 3))
         train_split = Split(
             np.repeat(np.arange(len(counts)), counts), np.arange(n), images=placeholder, image_size=manifest.image_size
         )
     if with_eval:
-        val = load_split(manifest, "val", cache_dir=cache_dir, skip_invalid=skip_invalid) if "val" in manifest.splits else None
-        test = load_split(manifest, "test", cache_dir=cache_dir, skip_invalid=skip_invalid)
+        kw = {"cache_dir": cache_dir, "skip_invalid": skip_invalid, "dropped": dropped}
+        val = load_split(manifest, "val", **kw) if "val" in manifest.splits else None
+        test = load_split(manifest, "test", **kw)
     else:
         val = None
         test = Split(

@@ -50,6 +50,8 @@ from rayjobs.connect import RayAddressError
 from rayjobs.dataplane import IN_MEMORY_MAX_BYTES, check_train_labels  # noqa: F401 (re-exported)
 from rayjobs.reporting import STATE_FILE, TrainReporter  # noqa: F401 (STATE_FILE re-exported for tests)
 from rayjobs.storage import DatasetError
+from rayjobs.stream import skip_summary
+from twohead import atomic
 
 __all__ = [
     "InsufficientResourcesError",
@@ -173,9 +175,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     metrics = fit(cfg, out_dir=out_dir, data=data, train_source=source, reporter=reporter)
     nodes = _gather(ray.get_runtime_context().get_node_id())
     if rank == 0:
-        if config.get("counter") is not None:
-            summary = ray.get(config["counter"].summary.remote())
-            (out_dir / "data_report.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if plan.skip_invalid:  # every dropped row is recorded, streamed (the counter) or loaded (this worker)
+            rows = list(timing["dropped"])
+            if config.get("counter") is not None:
+                rows += [(r["shard"], r["id"], r["reason"]) for r in ray.get(config["counter"].dropped.remote())]
+            summary = skip_summary(rows)
+            atomic.write_json(out_dir / "data_report.json", summary)
             metrics["skipped_rows"] = summary["skipped"]
         storage.upload_dir(out_dir, config["results_url"])
     return {"metrics": metrics, "restored_epoch": reporter.restored_epoch, "rank": rank, "world": world, "nodes": nodes}

@@ -31,6 +31,7 @@ from .augment import normalize
 from .config import ALIASES, SECTIONS, ConfigError, TrainConfig, apply_overrides
 from .data.inputs import read_images
 from .data.types import DataError
+from .division import DivisionPlan
 from .runs import CheckpointError, load_checkpoint
 
 __all__ = ["load", "Classifier", "Prediction", "INFERENCE_KEYS", "MODEL_KEYS"]
@@ -170,13 +171,12 @@ class Classifier:
                 f"{len(state['mean'])}/{len(state['std'])} mean/std channels, image_size {state['image_size']}"
             )
         dev = _resolve_device(device)
-        model = create_model(cfg, counts, int(state["image_size"]))
+        # The division the run trained with (recorded: a labels file's may differ from Eq. 3 on the final counts).
         stored = state.get("clusters_per_class")
-        if stored is not None and list(stored) != list(model.plan.u_per_class):
-            raise CheckpointError(
-                f"{path}: its clusters per class {list(stored)} differ from Eq. 3 on its class counts "
-                f"({list(model.plan.u_per_class)}); the checkpoint does not match its own config"
-            )
+        if stored is not None and len(stored) != len(counts):
+            raise CheckpointError(f"{path}: {len(stored)} clusters-per-class entries for {len(counts)} classes")
+        plan = DivisionPlan(tuple(int(u) for u in stored)) if stored is not None and cfg.spec.cdh else None
+        model = create_model(cfg, counts, int(state["image_size"]), plan)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:

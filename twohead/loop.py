@@ -54,7 +54,7 @@ def build_training(cfg: TrainConfig, counts, plan: DivisionPlan, device: torch.d
     from .model import create_model
 
     torch.manual_seed(cfg.optim.seed)
-    model = create_model(cfg, counts, image_size).to(device)
+    model = create_model(cfg, counts, image_size, plan).to(device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     soft = soft_label_matrix(plan, cfg.method.alpha) if cfg.spec.cdh else None
@@ -104,8 +104,8 @@ def fit(
     counts = np.asarray(data.class_counts, dtype=np.int64)
     if train_source is None:
         plan, clusters = division_for(cfg, data, device)
-    else:  # the stream brings each row's cluster id (computed beside the shards); only the plan is needed
-        plan, clusters = division_plan(cfg, counts), None
+    else:  # the source brings each row's cluster id (computed beside the shards) and, with it, their division
+        plan, clusters = getattr(train_source, "division", None) or division_plan(cfg, counts), None
     image_size = cfg.data.image_size or int(data.image_size)
     model, criterion, optimizer = build_training(cfg, counts, plan, device, image_size)
     reporter = reporter if reporter is not None else LocalReporter(out)

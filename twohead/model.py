@@ -95,8 +95,11 @@ class TwoHeadModel(nn.Module):
         return self.cdh.weight_rows()
 
 
-def create_model(cfg: TrainConfig, class_counts: Sequence[int], image_size: int | None = None) -> TwoHeadModel:
-    """Build the model a config describes; the division plan (Eq. 3) comes from the training class counts.
+def create_model(
+    cfg: TrainConfig, class_counts: Sequence[int], image_size: int | None = None, plan: DivisionPlan | None = None
+) -> TwoHeadModel:
+    """Build the model a config describes; the division plan (Eq. 3) comes from the training class counts unless
+    ``plan`` gives it (the division a labels file or a checkpoint recorded).
 
     ``image_size`` is the training resolution (``LTData.image_size`` when the data is at hand: it knows the size
     of Parquet / folder datasets); without it, ``data.image_size`` or the dataset's nominal size is used."""
@@ -104,7 +107,12 @@ def create_model(cfg: TrainConfig, class_counts: Sequence[int], image_size: int 
 
     spec = cfg.spec
     counts = [int(c) for c in class_counts]
-    plan = DivisionPlan.from_counts(counts, cfg.method.u, cfg.method.rounding) if spec.cdh else DivisionPlan.identity(len(counts))
+    if plan is None:
+        plan = (
+            DivisionPlan.from_counts(counts, cfg.method.u, cfg.method.rounding)
+            if spec.cdh
+            else DivisionPlan.identity(len(counts))
+        )
     image_size = image_size or cfg.data.image_size or {"tiny-imagenet-lt": 64, "imagenet-lt": 224}.get(cfg.data.dataset, 32)
     backbone = create_backbone(cfg.model.backbone, image_size=image_size)
     return TwoHeadModel(

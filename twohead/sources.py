@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
+from .division import DivisionPlan
 from .runtime import rank_world
 
 __all__ = ["BatchSource", "DeviceSource", "LoaderSource"]
@@ -24,6 +25,9 @@ class BatchSource(Protocol):
 
     augmented: bool  # True when crop/flip was already applied (large images augmented on CPU workers)
     num_samples: int  # samples per epoch on this worker
+    # The division the cluster ids follow, when they come from elsewhere (a labels file): the loop's class-division
+    # head must have its K outputs. None: Eq. 3 on the training counts.
+    division: DivisionPlan | None
 
     def batches(self, epoch: int) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Yields (images uint8 [B,H,W,3] or [B,3,H,W] (or float, already normalised), labels [B], cluster ids [B])."""
@@ -31,6 +35,7 @@ class BatchSource(Protocol):
 
 
 class DeviceSource:
+    division = None  # cluster ids computed by division_for on these very counts
     """The training split as device-resident uint8 NCHW tensors; each epoch a seeded permutation is sharded by
     rank (like DistributedSampler) and cut into batches (drop_last when the step is a captured graph)."""
 
@@ -69,6 +74,7 @@ class DeviceSource:
 
 
 class LoaderSource:
+    division = None
     """File-backed splits (ImageNet-LT): a DataLoader decodes and augments (RandomResizedCrop + flip) on CPU
     workers; the loop normalises on the device. Cluster ids are looked up by the sample's position."""
 

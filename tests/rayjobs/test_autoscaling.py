@@ -97,7 +97,9 @@ def train(
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    lines = out.read_text().strip().splitlines()
+    # Ray's driver also prints autoscaler events ("(autoscaler +1m33s) Resized to ...") on stdout, at any time,
+    # so the summary is the last line that is a JSON object, not simply the last line.
+    lines = [ln for ln in out.read_text().splitlines() if ln.startswith("{")]
     assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{out.read_text()[-2000:]}\n{err.read_text()[-6000:]}"
     return json.loads(lines[-1])
 

@@ -67,6 +67,31 @@ def test_too_many_workers_fails_before_submitting(ray_session, s3_ds, bucket):
     assert storage.list_files(f"s3://{bucket}/runs/too-many") == []  # nothing was started or written
 
 
+@pytest.mark.slow
+def test_skip_invalid_records_every_dropped_row_when_the_data_is_loaded_in_memory(ray_session, s3_ds, bucket):
+    """--skip-invalid on 32 px data (loaded once, not streamed): the dropped rows are counted in data_report.json."""
+    from test_stream import rewrite_train_shard, set_row
+
+    src = storage.read_manifest(s3_ds)
+    bad = rewrite_train_shard(src, f"{s3_ds}-skip", lambda t: set_row(t, "image", 3, b"not an image"))
+    shard = bad.splits["train"].shards[0]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad_id = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(bad.url, shard.path)))).column("id")[3].as_py()
+    out = train.run(
+        tiny_cfg("optim.epochs=1", "optim.milestones=[]"),
+        data_url=bad.url,
+        storage_url=f"s3://{bucket}/runs",
+        name="skip",
+        skip_invalid=True,
+    )
+    assert out["in_memory"] is True and out["metrics"]["skipped_rows"] == 1
+    report = storage.read_json(f"{out['results_url']}/data_report.json")
+    assert report["skipped"] == 1 and report["first"][0]["id"] == bad_id
+    assert report["first"][0]["reason"].startswith("undecodable image")
+
+
 def _latest_state(run_url: str) -> dict:
     fs, path = storage.resolve(run_url)
     dirs = sorted(
