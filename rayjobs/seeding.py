@@ -4,13 +4,14 @@ extension continues with (Ray-free).
 - **Reference** (``reference:`` in the search space, e.g. the paper's u=10, alpha=0.5, lambda=1.5, random): enqueued
   as the study's first trial (user attribute ``reference``), so the report can mark it on the Pareto front.
 - **Warm start** (``--warm-start STUDY_OR_DIR``): the best configurations of a finished search are enqueued next
-  (user attribute ``warm_start`` = ``<source>#<trial number>``), e.g. to start an imbalance-50 search from what
+  (user attribute ``warm_start`` = ``<source>#<study> trial <number>``), e.g. to start an imbalance-50 search from what
   worked at imbalance 100. The source is a search folder (its ``--out``), its record URL, or an Optuna storage URL
   (``env:NAME`` too) with ``#STUDY`` when it holds several studies. "Best" is decided with the source's own
   objectives among its trials that trained all their epochs: in a multi-objective source the Pareto-optimal
   ones first, then the others; within each, by the search score of :func:`rayjobs.objectives.scalarise` (the
   mean of the signed objective values). ``--warm-start-top N`` (default
-  4) of them are enqueued, never more than the search's ``num_samples``. Only parameters this space searches, with
+  4) distinct configurations are enqueued (one equal to the reference is skipped for the next), never more than
+  the search's ``num_samples`` in all. Only parameters this space searches, with
   values it could draw, are kept; the others are sampled (the report lists what was dropped).
 - Both happen once, when the study has no trial yet; a resumed or extended search never enqueues again.
 - **Extension** (a rerun with a larger ``--num-samples``): the new trials run as a new Tune experiment beside the
@@ -126,11 +127,15 @@ def enqueue(study: Any, spec: Any, warm: WarmStart | None) -> list[dict[str, Any
     if spec.reference is not None:
         plan.append({"params": dict(spec.reference.params), "user_attrs": {"reference": spec.reference.label}, "dropped": []})
     if warm is not None:
-        for t in rank_trials(warm.study)[: warm.top]:
+        taken = 0
+        for t in rank_trials(warm.study):
+            if taken == warm.top:
+                break
             params, dropped = spec.fit_params(t.params)
             if any(p["params"] == params for p in plan):
-                continue  # the reference itself, or a configuration already queued
-            plan.append({"params": params, "user_attrs": {"warm_start": f"{warm.shown}#{t.number}"}, "dropped": dropped})
+                continue  # the reference itself, or a configuration already queued: the next one instead
+            plan.append({"params": params, "user_attrs": {"warm_start": f"{warm.shown} trial {t.number}"}, "dropped": dropped})
+            taken += 1
     plan = plan[: spec.search.num_samples]
     for p in plan:
         study.enqueue_trial(p["params"], user_attrs=p["user_attrs"])

@@ -30,6 +30,7 @@ from rayjobs.trial import TrialJob, trial_dirname
 __all__ = [
     "DEFAULT_MAX_FAILURES",
     "TRIAL_DRIVER_CPUS",
+    "asha_scheduler",
     "check_resources",
     "data_plan",
     "interrupts",
@@ -160,34 +161,37 @@ def new_tuner(
     seeded TPE sampler, one- or multi-objective) and stopped early by ASHA on the trials' ASHA metric
     (:data:`rayjobs.objectives.ASHA_KEY`: the search score, only from each trial's first comparable epoch)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from rayjobs.searcher import StudySearcher
 
     searcher = StudySearcher(spec, storage_env=ss.env, experiment=experiment, sampler=sampler or new_sampler(spec))
-    a = spec.search.asha
-    scheduler = (
-        None
-        if a is None
-        else ASHAScheduler(
-            time_attr="epoch",
-            metric=ASHA_KEY,
-            mode=spec.score_mode,
-            max_t=spec.max_epochs,
-            grace_period=a.grace_period,
-            reduction_factor=a.reduction_factor,
-        )
-    )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=scheduler,
+            scheduler=asha_scheduler(spec),
             num_samples=num_samples or spec.search.num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=run_config(name or spec.study_name, root, max_failures, verbose),
+    )
+
+
+def asha_scheduler(spec: SearchSpec) -> Any:
+    """ASHA over completed epochs on the trials' ASHA metric (:data:`rayjobs.objectives.ASHA_KEY`), or None."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    a = spec.search.asha
+    if a is None:
+        return None
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=ASHA_KEY,
+        mode=spec.score_mode,
+        max_t=spec.max_epochs,
+        grace_period=a.grace_period,
+        reduction_factor=a.reduction_factor,
     )
 
 

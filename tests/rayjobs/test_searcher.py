@@ -108,7 +108,11 @@ def test_each_trial_is_recorded_with_its_true_state(spec, url):
     full, asha = by_tune["full"], by_tune["asha"]
     assert full.value == 35.0 and full.intermediate_values == {1: 20.0, 2: 30.0, 3: 35.0}
     assert full.user_attrs["epochs"] == 3 and full.user_attrs["test_top1"] == 33.0
-    assert (full.user_attrs["chosen_variant"], full.user_attrs["chosen/val_top1"], full.user_attrs["val_top1"]) == ("max", 35.0, 35.0)
+    assert (full.user_attrs["chosen_variant"], full.user_attrs["chosen/val_top1"], full.user_attrs["val_top1"]) == (
+        "max",
+        35.0,
+        35.0,
+    )
     assert (full.user_attrs["data_uri"], full.user_attrs["labels_uri"]) == ("s3://b/d", "s3://b/d/l")
     assert asha.value == 52.5 and asha.intermediate_values == {1: 52.5}  # Optuna: last intermediate value
     assert by_tune["cut"].intermediate_values == {1: 15.0}
