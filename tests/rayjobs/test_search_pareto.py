@@ -17,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from rayjobs import pareto
+from rayjobs import pareto, search, storage
 from rayjobs.objectives import Objective
 from rayjobs.report import write_report
 from rayjobs.search_space import SearchSpaceError, load_search_space, parse_search_space
@@ -221,3 +221,167 @@ def test_pareto_presets():
     assert gpu.base.model.backbone == "resnet32" and gpu.base.optim.epochs == 200
     # CIFAR-10-LT's rarest class has 5000 / 100 = 50 training images: the "few" group (< 20) is empty
     assert math.floor(5000 / gpu.base.data.imbalance) >= 20
+
+
+# ------------------------------------------------------------------------------------ slow: real searches
+# The smoke-pareto preset through the CLI, shrunk: 5% of its train set, 2 epochs, 4 trials (ASHA from epoch 2).
+SHRINK = ["--set", "data.train_fraction=0.05", "--set", "optim.epochs=2", "--set", "optim.milestones=[]", "--verbose", "0"]
+
+
+def _history(run_dir: str) -> list[dict]:
+    text = storage.read_bytes(storage.join(run_dir, "history.jsonl")).decode()
+    return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+
+
+def _by_hand(line: dict) -> tuple[float, dict[str, tuple[float, float]]]:
+    """The best mean of (top-1, worst class) over the variants of one history line, and every variant's pair."""
+    pairs = {
+        v: (g["top1"], g["worst_class"])
+        for v, g in {**line["val_by_inference_groups"], **line.get("val_posthoc_groups", {})}.items()
+        if g["top1"] is not None and g["worst_class"] is not None
+    }
+    return max((a + b) / 2 for a, b in pairs.values()), pairs
+
+
+@pytest.fixture(scope="module")
+def pareto_searched(ray_session, data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pareto") / "out"
+    assert search.main(["--preset", "smoke-pareto", "--out", str(out), "--num-samples", "4", *SHRINK]) == 0
+    return out
+
+
+def _study(out: Path, name: str = "smoke-pareto") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / f'{name}.db'}")
+
+
+@pytest.mark.slow
+def test_pareto_search_end_to_end(pareto_searched):
+    out = pareto_searched
+    study = _study(out)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    assert study.metric_names == ["val_top1", "val_worst_class"]
+    trials = study.trials
+    assert len(trials) == 4 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    ref = trials[0]
+    assert ref.user_attrs["reference"] == "paper (u=10, alpha=0.5, lambda=1.5, random)" and ref.params == PAPER
+    for t in trials:
+        hist = _history(t.user_attrs["run_dir"])
+        # the intermediate values: the best mean over the variants at each validated epoch
+        assert t.intermediate_values == {h["epoch"]: pytest.approx(_by_hand(h)[0]) for h in hist}
+        best, pairs = _by_hand(hist[-1])
+        chosen = t.user_attrs["chosen_variant"]
+        assert sum(pairs[chosen]) / 2 == pytest.approx(best)
+        assert t.user_attrs["val_per_class_recall"] == [round(v, 2) for v in hist[-1]["val_per_class"]["recall"][chosen]]
+        assert t.user_attrs["val_per_class_recall_raw"] == [round(v, 2) for v in hist[-1]["val_per_class"]["recall"]["max"]]
+        assert t.user_attrs["val_top1"] == pytest.approx(hist[-1]["val_top1"])  # the raw value, next to the chosen
+        assert len(t.user_attrs["class_counts"]) == 10
+        if t.state.name == "COMPLETE":
+            assert hist[-1]["epoch"] == 2 and t.values == pytest.approx(list(pairs[chosen]))
+            metrics = json.loads(storage.read_bytes(storage.join(t.user_attrs["run_dir"], "metrics.json")))
+            assert t.user_attrs["class_counts"] == metrics["class_counts"]  # the run's own record of its data
+        else:
+            assert hist[-1]["epoch"] < 2 and t.values is None
+
+    rep = out / "report"
+    front = sorted(t.number for t in study.best_trials)
+    rows = list(csv.DictReader((rep / "pareto_front.csv").open()))
+    assert [int(r["trial"]) for r in rows] == front
+    # the knee by its definition: objectives scaled to [0, 1] over the front, the largest sum (ties: lower number)
+    pts = [t for t in study.trials if t.number in front]
+    lo = [min(t.values[i] for t in pts) for i in range(2)]
+    hi = [max(t.values[i] for t in pts) for i in range(2)]
+    scaled = {t.number: sum(1.0 if hi[i] == lo[i] else (t.values[i] - lo[i]) / (hi[i] - lo[i]) for i in range(2)) for t in pts}
+    knee = min(scaled, key=lambda n: (-scaled[n], n))
+    best = json.loads((rep / "best.json").read_text())
+    assert best["trial"] == knee and best["chosen"].startswith("as the knee of the Pareto front")
+    import matplotlib.image
+
+    for png in ("pareto_front.png", "per_class_vs_frequency.png"):
+        img = matplotlib.image.imread(rep / png)
+        assert img.shape[0] > 300 and img.shape[1] > 500
+    text = (rep / "report.md").read_text()
+    assert "## Pareto front" in text and "## Post-hoc choice" in text and "Reference paper (u=10" in text
+
+
+@pytest.mark.slow
+def test_extending_a_finished_search_adds_exactly_the_extra_trials(pareto_searched):
+    out = pareto_searched
+    before = [(t.number, t.state, t.values, t.datetime_complete) for t in _study(out).trials]
+    assert search.main(["--preset", "smoke-pareto", "--out", str(out), "--num-samples", "6", *SHRINK]) == 0
+    trials = _study(out).trials
+    assert len(trials) == len(before) + 2
+    assert [(t.number, t.state, t.values, t.datetime_complete) for t in trials[: len(before)]] == before
+    assert {t.user_attrs["experiment"] for t in trials[len(before) :]} == {str(out / "smoke-pareto-extend1")}
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    meta = json.loads((out / "search.json").read_text())
+    assert [s["num_samples"] for s in meta["segments"]] == [4, 2]
+    assert yaml.safe_load((out / "search_space.yaml").read_text())["search"]["num_samples"] == 6
+    # the same command again: the search is finished, nothing runs
+    assert search.main(["--preset", "smoke-pareto", "--out", str(out), "--num-samples", "6", *SHRINK]) == 0
+    assert len(_study(out).trials) == len(trials)
+    assert "extended by 2 trials" in (out / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_warm_started_search_begins_with_the_best_of_the_finished_one(pareto_searched, tmp_path, capsys):
+    source = _study(pareto_searched)
+    out = tmp_path / "warm"
+    args = ["--preset", "smoke-pareto", "--study-name", "warm", "--out", str(out), "--num-samples", "3", *SHRINK]
+    args += ["--set", "data.imbalance=50", "--warm-start", str(pareto_searched), "--warm-start-top", "2"]
+    assert search.main(args) == 0
+    # the source's finished trials, Pareto-optimal first, then by the mean of the objectives; not the reference
+    front = {t.number for t in source.best_trials}
+    done = [t for t in source.trials if t.state.name == "COMPLETE"]
+    ranked = sorted(done, key=lambda t: (t.number not in front, -sum(t.values) / 2, t.number))
+    expected = [t for t in ranked if t.params != PAPER][:2]
+    trials = _study(out, "warm").trials
+    assert trials[0].params == PAPER and trials[0].user_attrs["reference"].startswith("paper")
+    assert [t.params for t in trials[1 : 1 + len(expected)]] == [t.params for t in expected]
+    assert [t.user_attrs["warm_start"] for t in trials[1 : 1 + len(expected)]] == [
+        f"{pareto_searched}#smoke-pareto trial {t.number}" for t in expected
+    ]
+    meta = json.loads((out / "search.json").read_text())
+    assert meta["warm_start"] == f"{pareto_searched}#smoke-pareto"
+    assert yaml.safe_load((out / "search_space.yaml").read_text())["base"]["set"]["data.imbalance"] == 50
+    # a rerun with another source is refused: a warm start only seeds a new search
+    capsys.readouterr()
+    assert search.main([*args[:-4], "--warm-start", str(out)]) == 2
+    assert "a warm start only seeds a new search" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_drw_trial_is_never_stopped_before_its_reweighting_epoch(ray_session, data_root, tmp_path):
+    """Ours-Full re-weights from method.drw_epoch = 1 (0-based: its second epoch); ASHA rungs at epochs 1 and 2. Every
+    trial reports the ASHA metric from epoch 2 on only, so none is stopped after its first epoch."""
+    d = {
+        "base": {
+            "preset": "smoke",
+            "set": {
+                "method.name": "twohead_full",
+                "method.drw_epoch": 1,
+                "data.train_fraction": 0.05,
+                "optim.epochs": 3,
+                "optim.milestones": [],
+            },
+        },
+        "objectives": TWO,
+        "params": {"u": {"type": "int", "low": 2, "high": 30}, "alpha": {"type": "float", "low": 0.3, "high": 1.0}},
+        "search": {
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "seed": 3,
+            "n_startup_trials": 4,
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+        },
+        "resources": {"cpus_per_trial": 1},
+    }
+    (tmp_path / "drw.yaml").write_text(yaml.safe_dump(d))
+    res = search.run_search(load_search_space(tmp_path / "drw.yaml"), tmp_path / "out", verbose=0)
+    assert res.errors == 0
+    trials = _study(tmp_path / "out", "drw").trials
+    assert len(trials) == 4
+    for t in trials:
+        assert t.user_attrs["epochs"] >= 2, f"trial {t.number} stopped at epoch {t.user_attrs['epochs']}"
+        results = [json.loads(ln) for ln in (Path(t.user_attrs["run_dir"]).parent / "result.json").read_text().splitlines()]
+        assert [r["epoch"] for r in results if "asha_score" in r] == [e for e in range(2, t.user_attrs["epochs"] + 1)]
+        assert all("search_score" in r for r in results)  # every epoch validates: the score itself is there from epoch 1
