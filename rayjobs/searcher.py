@@ -8,7 +8,8 @@ only Optuna's public API:
   ``tune_trial_id`` / ``experiment`` (or a trial a killed driver asked for after its last snapshot, adopted);
 - ``on_trial_result``: the trial's search score (:mod:`rayjobs.objectives`: its chosen variant's objective value, or
   the scalarised objectives of a Pareto search) as the intermediate value **at step = epoch** (only epochs that
-  ran a validation pass carry it), plus the trial's ``data_uri`` / ``labels_uri`` once;
+  ran a validation pass carry it; a multi-objective study keeps them in the user attribute ``search_scores``,
+  :func:`record_score`), plus the trial's ``data_uri`` / ``labels_uri`` once;
 - ``on_trial_complete``: ``study.tell`` with the true state: COMPLETE (the trial trained all its epochs; its values
   are the chosen variant's objectives), PRUNED (stopped early by the scheduler; a one-objective study stores the
   last intermediate value as its value, so TPE ranks it correctly and optuna-dashboard shows it as pruned; a
@@ -43,7 +44,17 @@ from ray.tune.search import Searcher
 from rayjobs import storage as store
 from rayjobs.objectives import ASHA_KEY, CHOICE_KEY, CHOSEN_PREFIX, SCORE_KEY, TrialScoring, scoring_for
 
-__all__ = ["INTERRUPTED", "RECORDED", "StudySearcher", "fail_orphans", "outcome", "reconcile", "run_attrs", "tell"]
+__all__ = [
+    "INTERRUPTED",
+    "RECORDED",
+    "StudySearcher",
+    "fail_orphans",
+    "outcome",
+    "reconcile",
+    "record_score",
+    "run_attrs",
+    "tell",
+]
 
 log = logging.getLogger("rayjobs.search")
 
@@ -240,14 +251,15 @@ class StudySearcher(Searcher):
         self._intermediate(number, result)
 
     def _intermediate(self, number: int, result: dict) -> None:
-        """The search score of ``result`` as the trial's intermediate value at step = epoch."""
+        """The search score of ``result`` at step = epoch: the trial's intermediate value, or in a multi-objective
+        study its ``search_scores`` user attribute (:func:`record_score`)."""
         import optuna
 
         value, epoch = result.get(SCORE_KEY), result.get("epoch")
         if value is None or epoch is None:
             return
         try:
-            self._live["storage"].set_trial_intermediate_value(self._trial_id(number), int(epoch), float(value))
+            record_score(self._live["storage"], self._trial_id(number), self._spec.multi, int(epoch), float(value))
         except optuna.exceptions.UpdateFinishedTrialError:
             log.info("Optuna trial #%d already finished in the study; keeping its record", number)
 
@@ -304,6 +316,19 @@ def tell(
     return state
 
 
+def record_score(storage: Any, trial_id: int, multi: bool, epoch: int, score: float) -> None:
+    """Record a trial's search score at ``epoch``. One objective: its intermediate value (Optuna's learning curve,
+    and the value of a PRUNED trial). Several: the user attribute ``search_scores`` ({epoch: score}), because Optuna
+    has no intermediate values for multi-objective trials (``Trial.report`` refuses them; its TPE sampler reads a
+    pruned trial's intermediate value as a one-objective score and fails on such a study)."""
+    if not multi:
+        storage.set_trial_intermediate_value(trial_id, epoch, score)
+        return
+    scores = dict(storage.get_trial(trial_id).user_attrs.get("search_scores") or {})
+    scores[str(epoch)] = score
+    storage.set_trial_user_attr(trial_id, "search_scores", dict(sorted(scores.items(), key=lambda kv: int(kv[0]))))
+
+
 def reconcile(study: Any, storage: Any, experiment: str, results: Iterable[Any], spec: Any) -> int:
     """Tell the study how the trials it still has RUNNING ended, from Tune's ``results`` (a ResultGrid); returns
     how many were settled. Trials of other experiments are left alone."""
@@ -326,9 +351,10 @@ def reconcile(study: Any, storage: Any, experiment: str, results: Iterable[Any],
         m, error = dict(r.metrics or {}), r.error is not None
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         epoch, value = m.get("epoch"), m.get(SCORE_KEY)
-        if not error and epoch is not None and value is not None and int(epoch) not in t.intermediate_values:
+        seen = t.intermediate_values if not spec.multi else {int(k) for k in t.user_attrs.get("search_scores") or {}}
+        if not error and epoch is not None and value is not None and int(epoch) not in seen:
             try:
-                storage.set_trial_intermediate_value(tid, int(epoch), float(value))
+                record_score(storage, tid, spec.multi, int(epoch), float(value))
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
         tell(study, t.number, m, spec, error, lambda k, v, tid=tid: storage.set_trial_user_attr(tid, k, v), dict(t.params))

@@ -179,7 +179,9 @@ def test_a_pareto_trial_records_its_choice_per_class_recall_and_counts(mo_spec, 
             s.on_trial_complete("t", result)
     (t,) = optuna.load_study(study_name="mo", storage=url).trials
     assert t.state.name == "COMPLETE" and t.values == [50.0, 20.0]
-    assert t.intermediate_values == {1: 29.0, 2: 35.0}  # epoch 1 la_tau2.0 (38+20)/2; epoch 2 la_tau1.0 (50+20)/2
+    # epoch 1 la_tau2.0 (38+20)/2; epoch 2 la_tau1.0 (50+20)/2. Optuna has no intermediate values for several
+    # objectives: the scores are a user attribute.
+    assert t.intermediate_values == {} and t.user_attrs["search_scores"] == {"1": 29.0, "2": 35.0}
     a = t.user_attrs
     assert a["chosen_variant"] == "la_tau1.0" and (a["val_top1"], a["val_worst_class"]) == (44.0, 0.0)  # raw: max
     assert a["class_counts"] == [500, 50, 5]
@@ -195,17 +197,26 @@ def test_a_pareto_trial_records_its_choice_per_class_recall_and_counts(mo_spec, 
     ]
 
 
-def test_a_pruned_pareto_trial_has_no_values_but_keeps_its_record(mo_spec, tmp_path, monkeypatch):
+def test_a_pruned_pareto_trial_has_no_values_and_tpe_goes_on(mo_spec, tmp_path, monkeypatch):
+    """A trial ASHA stopped: PRUNED without values, its record kept; TPE past its start-up trials still proposes
+    (it would fail on a pruned multi-objective trial with intermediate values)."""
     url = default_storage_url(tmp_path, "mo")
     monkeypatch.setenv(ENV, url)
     open_study(url, mo_spec)
-    s = StudySearcher(mo_spec, storage_env=ENV, experiment=str(tmp_path / "mo"), sampler=optuna.samplers.TPESampler(seed=0))
-    s.suggest("p")
-    flat = {**flat_scalars(_line(1, READINGS, POSTHOC)), "epochs_total": 2}
-    s.on_trial_complete("p", {**flat, **TrialScoring(mo_spec.objectives).fields(flat)})
-    (t,) = optuna.load_study(study_name="mo", storage=url).trials
-    assert t.state.name == "PRUNED" and t.values is None and t.intermediate_values == {1: 29.0}
-    assert (t.user_attrs["chosen_variant"], t.user_attrs["chosen/val_worst_class"]) == ("la_tau2.0", 20.0)
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=1)
+    s = StudySearcher(mo_spec, storage_env=ENV, experiment=str(tmp_path / "mo"), sampler=sampler)
+    scoring = TrialScoring(mo_spec.objectives)
+    for tid, epoch in (("done", 2), ("p", 1)):
+        s.suggest(tid)
+        flat = {**flat_scalars(_line(epoch, READINGS, POSTHOC)), "epochs_total": 2}
+        s.on_trial_result(tid, {**flat, **scoring.fields(flat)})
+        s.on_trial_complete(tid, {**flat, **scoring.fields(flat)})
+    assert 2 <= s.suggest("next")["u"] <= 30
+    done, pruned, _ = optuna.load_study(study_name="mo", storage=url).trials
+    assert done.state.name == "COMPLETE" and done.values == [38.0, 20.0]
+    assert pruned.state.name == "PRUNED" and pruned.values is None and pruned.intermediate_values == {}
+    assert pruned.user_attrs["search_scores"] == {"1": 29.0}
+    assert (pruned.user_attrs["chosen_variant"], pruned.user_attrs["chosen/val_worst_class"]) == ("la_tau2.0", 20.0)
 
 
 def test_study_of_other_objectives_is_refused(mo_spec, tmp_path):

@@ -266,8 +266,8 @@ def test_pareto_search_end_to_end(pareto_searched):
     assert ref.user_attrs["reference"] == "paper (u=10, alpha=0.5, lambda=1.5, random)" and ref.params == PAPER
     for t in trials:
         hist = _history(t.user_attrs["run_dir"])
-        # the intermediate values: the best mean over the variants at each validated epoch
-        assert t.intermediate_values == {h["epoch"]: pytest.approx(_by_hand(h)[0]) for h in hist}
+        # the score at each validated epoch: the best mean over the variants (a user attribute: several objectives)
+        assert t.user_attrs["search_scores"] == {str(h["epoch"]): pytest.approx(_by_hand(h)[0]) for h in hist}
         best, pairs = _by_hand(hist[-1])
         chosen = t.user_attrs["chosen_variant"]
         assert sum(pairs[chosen]) / 2 == pytest.approx(best)
