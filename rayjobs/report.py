@@ -1,13 +1,16 @@
-"""The report a search leaves behind: best config, all trials (Markdown + CSV), plots (Ray-free).
+"""The report a search leaves behind: best config, Pareto front, post-hoc choice, all trials (Markdown + CSV),
+plots (Ray-free).
 
 Everything is read back from the Optuna study (the RDB is the source of truth: it outlives drivers, holds the
 trials of a resumed search and is what ``optuna-dashboard`` shows). Per-trial extras that Optuna does not
 optimise are user attributes recorded by the search's searcher: ``epochs`` trained, the last ``val_*`` metrics,
 the final ``test_*`` metrics, the trial's ``run_dir`` and, with ``--data``, its ``data_uri`` and ``labels_uri``.
 
-The configuration is **chosen on the validation metric only**, among the COMPLETE trials (those that trained all
-their epochs); test metrics are printed next to it and never compared. Trials that ASHA stopped early are PRUNED
-in the study, with the validation value of their last validated epoch: they are listed and plotted, never chosen.
+The configuration is **chosen on validation only**, among the COMPLETE trials (those that trained all their
+epochs): the best value of the one objective, or for a Pareto search the knee of the front (:mod:`rayjobs.pareto`:
+also the best trial per objective, and the space's reference configuration marked); test metrics are printed next
+to it and never compared. Values are those of each trial's chosen reading / post-hoc variant; the report says
+which variants won. Trials that ASHA stopped early are PRUNED in the study: listed and plotted, never chosen.
 
 ``python -m rayjobs.report WHERE`` rebuilds the report of the search recorded at ``WHERE``: its ``--out`` folder,
 or the record URL in object storage (``s3://.../<study>``), where the report is written back.
@@ -17,15 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rayjobs import pareto
+from rayjobs.objectives import CHOICE_KEY, CHOSEN_PREFIX, describe_variant
+from rayjobs.report_plots import draw_plots
 from twohead import atomic
 
 if TYPE_CHECKING:  # optuna is imported lazily: `import rayjobs.report` stays cheap
@@ -42,12 +46,11 @@ __all__ = [
     "select_best",
     "trial_rows",
     "write_report",
-    "write_retrain_report",
 ]
 
 REPORT_DIR = "report"
-TEST_KEYS = ("test_top1", "test_many", "test_medium", "test_few")
-VAL_KEYS = ("val_top1", "val_many", "val_medium", "val_few")
+TEST_KEYS = ("test_top1", "test_many", "test_medium", "test_few", "test_worst_class")
+VAL_KEYS = ("val_top1", "val_many", "val_medium", "val_few", "val_worst_class")
 
 
 @dataclass
@@ -73,43 +76,44 @@ def dashboard_command(storage_url: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ trials
-def _complete(study: optuna.Study) -> list[FrozenTrial]:
-    from optuna.trial import TrialState
-
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value)
-    ]
-
-
 def select_best(study: optuna.Study, spec: SearchSpec) -> tuple[FrozenTrial | None, str]:
-    """The best COMPLETE trial by the validation metric, and a sentence saying which trials it was chosen among."""
-    done = _complete(study)
+    """The configuration to retrain, and a sentence saying how it was chosen: the best COMPLETE trial by the
+    validation objective, or for a Pareto search the knee of the front (:mod:`rayjobs.pareto`)."""
+    done = pareto.complete(study.get_trials(deepcopy=False))
     if not done:
         return None, "no trial trained all its epochs"
+    if spec.multi:
+        pts = pareto.front(study)
+        return pareto.knee(pts, spec.objectives), (
+            f"as the knee of the Pareto front ({len(pts)} of the {len(done)} trials that trained all their epochs)"
+        )
     pick = max if spec.mode == "max" else min
     return pick(done, key=lambda t: t.value), f"among the {len(done)} trials that trained all their epochs"
 
 
 def trial_rows(study: optuna.Study, spec: SearchSpec) -> list[dict[str, Any]]:
-    """One plain dict per trial (number, state, metric value, params, epochs, val/test metrics, run folder)."""
+    """One plain dict per trial: number, state, objective values (of the chosen variant: the study's values), the
+    chosen variant, params, epochs, the raw val / test metrics of the configured reading, run folder."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        row: dict[str, Any] = {"number": t.number, "state": t.state.name, spec.metric: t.value}
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        for i, m in enumerate(spec.metrics):
+            row[m] = t.values[i] if t.values is not None and len(t.values) == len(spec.metrics) else None
+        row["chosen variant"] = t.user_attrs.get(CHOICE_KEY)
         for p in spec.params:
             row[p.name] = t.params.get(p.name)
         row["epochs"] = t.user_attrs.get("epochs")
-        for k in VAL_KEYS + TEST_KEYS:
-            if k != spec.metric:
-                row[k] = t.user_attrs.get(k)
+        for k in VAL_KEYS:
+            row[f"raw {k}"] = t.user_attrs.get(k)
+        for k in TEST_KEYS:
+            row[k] = t.user_attrs.get(k)
         row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
         row["run_dir"] = t.user_attrs.get("run_dir")
         rows.append(row)
     return rows
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, float):
@@ -117,82 +121,84 @@ def _fmt(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
-def _md_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+def md_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    from tabulate import tabulate
+
+    return tabulate([[fmt(r.get(c)) for c in columns] for r in rows], headers=list(columns), tablefmt="github")
 
 
-# ------------------------------------------------------------------------------------------------- files
 def _atomic_text(path: Path, text: str) -> Path:
     return atomic.write_text(path, text)
 
 
-def _save_axes(ax: Any, path: Path) -> Path:
-    """Save the figure of an Optuna matplotlib plot atomically and release it (pyplot keeps figures alive)."""
-    import matplotlib.pyplot as plt
+def _objective_line(spec: SearchSpec) -> str:
+    objs = ", ".join(f"**{o.metric}** ({o.mode})" for o in spec.objectives)
+    a = spec.search.asha
+    return (
+        f"- objective{'s (Pareto search)' if spec.multi else ''}: {objs}, TPE seed {spec.search.seed}"
+        + (
+            f", ASHA (grace {a.grace_period}, reduction {a.reduction_factor:g}) on epochs"
+            + (", comparing the mean of the objectives" if spec.multi else "")
+            if a
+            else ""
+        )
+        + (
+            "; each trial's K-to-C reading / post-hoc correction chosen on validation"
+            if spec.posthoc
+            else "; the configured reading only"
+        )
+    )
 
-    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-    fig.set_size_inches(7, 4.5)
-    fig.tight_layout()
-    try:
-        with atomic.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+
+def _pareto_section(study: optuna.Study, spec: SearchSpec, folder: Path, shown: str, files: list[Path]) -> list[str]:
+    """The Pareto front as a table and ``pareto_front.csv``, with the picks (knee, best per objective, reference)."""
+    rows = pareto.front_rows(study, spec)
+    if not rows:
+        return ["## Pareto front", "", "No trial trained all its epochs yet.", ""]
+    import pandas as pd
+
+    files.append(_atomic_text(folder / "pareto_front.csv", pd.DataFrame(rows).to_csv(index=False)))
+    lines = [
+        "## Pareto front",
+        "",
+        f"{len(rows)} Pareto-optimal trial(s): no other finished trial is better on every objective. Objective values are "
+        "those of each trial's chosen variant; `raw` is the configured reading. The knee is where the front bends most "
+        "(objectives scaled to [0, 1] over the front, largest sum); it is what `best.json` and `--retrain-best` use. "
+        f"CSV: `{shown}/pareto_front.csv`",
+        "",
+        md_table(rows, list(rows[0])),
+        "",
+    ]
+    trials = study.get_trials(deepcopy=False)
+    ref = pareto.reference_trial(trials)
+    if ref is not None:
+        where = "on the front" if any(r["trial"] == ref.number for r in rows) else "dominated"
+        vals = ", ".join(f"{m}={fmt(v)}" for m, v in zip(spec.metrics, ref.values or ())) or ref.state.name.lower()
+        lines += [f"Reference {ref.user_attrs['reference']}: trial {ref.number} ({vals}; {where}).", ""]
+    return lines
 
 
-def _plots(
-    study: optuna.Study, spec: SearchSpec, folder: Path, best_pool: list[FrozenTrial]
-) -> tuple[list[Path], dict[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # headless driver; a no-op when the backend is already Agg
-    from optuna.visualization import matplotlib as ovm
-
-    files: list[Path] = []
-    skipped: dict[str, str] = {}
-    done = _complete(study)
-    # Optuna's plots switch pyplot to its "ggplot" style globally and warn (experimental API, equal
-    # importances on tiny studies): keep both local to these two figures.
-    with warnings.catch_warnings(), matplotlib.rc_context():
-        warnings.simplefilter("ignore")
-        if done:
-            try:
-                files.append(
-                    _save_axes(ovm.plot_optimization_history(study, target_name=spec.metric), folder / "optimization_history.png")
-                )
-            except Exception as exc:  # noqa: BLE001 - one failed plot must not lose the report
-                skipped["optimization_history.png"] = f"{type(exc).__name__}: {exc}"
-        else:
-            skipped["optimization_history.png"] = "no completed trial"
-        if len(done) >= 2:
-            try:
-                files.append(
-                    _save_axes(ovm.plot_param_importances(study, target_name=spec.metric), folder / "param_importances.png")
-                )
-            except Exception as exc:  # noqa: BLE001 - e.g. every trial has the same parameters
-                skipped["param_importances.png"] = f"{type(exc).__name__}: {exc}"
-        else:
-            skipped["param_importances.png"] = f"needs >= 2 completed trials, have {len(done)}"
-
-    # Paper Fig. 4 (left): accuracy vs u, on the validation metric of the same trials the best was chosen among.
-    pairs = [(t.params["u"], t.value) for t in best_pool if "u" in t.params]
-    if pairs:
-        from twohead.plots import plot_u_sensitivity
-
-        try:
-            files.append(
-                plot_u_sensitivity(
-                    pairs, folder / "u_sensitivity.png", title=f"{spec.study_name}: {spec.metric} vs u ({len(pairs)} trials)"
-                )
-            )
-        except Exception as exc:  # noqa: BLE001
-            skipped["u_sensitivity.png"] = f"{type(exc).__name__}: {exc}"
-    else:
-        skipped["u_sensitivity.png"] = "u is not searched" if all(p.name != "u" for p in spec.params) else "no completed trial"
-    return files, skipped
+def _posthoc_section(study: optuna.Study, spec: SearchSpec, best: FrozenTrial | None) -> list[str]:
+    """Which reading / post-hoc variant the trials chose on validation, and the winner's."""
+    if not spec.posthoc:
+        return []
+    done = pareto.complete(study.get_trials(deepcopy=False))
+    tally = pareto.posthoc_tally(done)
+    if not tally:
+        return []
+    default = spec.base.model.inference
+    lines = ["## Post-hoc choice", ""]
+    if best is not None and best.user_attrs.get(CHOICE_KEY):
+        lines.append(
+            f"The chosen configuration (trial {best.number}) is read with **{describe_variant(best.user_attrs[CHOICE_KEY], default)}**."
+        )
+    lines += [
+        "Chosen on validation by the trials that trained all their epochs: "
+        + ", ".join(f"{describe_variant(v, default)} x{n}" for v, n in tally)
+        + ".",
+        "",
+    ]
+    return lines
 
 
 def write_report(
@@ -205,7 +211,8 @@ def write_report(
     extra_lines: Sequence[str] = (),
     shown_folder: str | None = None,
 ) -> Report:
-    """Write ``out_dir/report/`` (report.md, trials.csv, best.json, best_config.yaml, PNG plots).
+    """Write ``out_dir/report/`` (report.md, trials.csv, best.json, best_config.yaml, PNG plots; for a Pareto search
+    pareto_front.csv and the front / per-class plots).
 
     ``shown_folder``: where the report is published (named in its text), when not ``out_dir/report``."""
     from optuna.trial import TrialState
@@ -214,8 +221,7 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     shown = shown_folder or str(folder)
     best, note = select_best(study, spec)
-    pool = _complete(study)
-    files, skipped = _plots(study, spec, folder, pool)
+    files, skipped = draw_plots(study, spec, folder)
 
     rows = trial_rows(study, spec)
     df = study.trials_dataframe()
@@ -230,12 +236,7 @@ def write_report(
         "",
         f"- search space: `{spec.source}`; base: {spec.base.data.dataset} (imbalance {spec.base.data.imbalance:g}), "
         f"{spec.base.model.backbone}, method {spec.base.method.name}, {spec.base.optim.epochs} epochs",
-        f"- objective: **{spec.metric}** ({spec.mode}), TPE seed {spec.search.seed}"
-        + (
-            f", ASHA (grace {spec.search.asha.grace_period}, reduction {spec.search.asha.reduction_factor:g}) on epochs"
-            if spec.search.asha
-            else ""
-        ),
+        _objective_line(spec),
         f"- trials: {len(rows)} ({', '.join(f'{n} {k.lower()}' for k, n in counts.items() if n)})",
         f"- study: `{storage_display}` (study name `{spec.study_name}`)",
         *[f"- {line}" for line in extra_lines],
@@ -250,17 +251,23 @@ def write_report(
             "",
         ]
     else:
-        overrides = spec.overrides(best.params)
+        values = dict(zip(spec.metrics, best.values))
         best_info = {
             "trial": best.number,
             "metric": spec.metric,
             "mode": spec.mode,
-            "value": best.value,
+            "value": best.values[0],
+            "objectives": [{"metric": o.metric, "mode": o.mode} for o in spec.objectives],
+            "values": values,
+            "chosen_variant": best.user_attrs.get(CHOICE_KEY),
             "params": dict(best.params),
-            "overrides": overrides,
+            "overrides": spec.overrides(best.params),
             "epochs": best.user_attrs.get("epochs"),
             "val": {k: best.user_attrs.get(k) for k in VAL_KEYS},
             "test": {k: best.user_attrs.get(k) for k in TEST_KEYS},
+            "test_chosen_variant": {
+                k[len(CHOSEN_PREFIX) :]: v for k, v in best.user_attrs.items() if k.startswith(CHOSEN_PREFIX + "test_")
+            },
             "run_dir": best.user_attrs.get("run_dir"),
             "chosen": note,
         }
@@ -268,16 +275,33 @@ def write_report(
         files.append(_atomic_text(folder / "best_config.yaml", cfg.to_yaml()))
         files.append(_atomic_text(folder / "best.json", json.dumps(best_info, indent=1)))
         test = {k: v for k, v in best_info["test"].items() if v is not None}
+        test_chosen = {
+            k: best_info["test_chosen_variant"][k] for k in TEST_KEYS if best_info["test_chosen_variant"].get(k) is not None
+        }
+        chosen_on = " and ".join(f"{m} = {v:.2f}" for m, v in values.items())
+        variant = best_info["chosen_variant"]
         lines += [
-            f"Trial {best.number}, chosen on **{spec.metric} = {best.value:.2f}** {note}.",
+            f"Trial {best.number}, chosen on **{chosen_on}** {note}"
+            + (f", read with {describe_variant(variant, cfg.model.inference)}" if variant else "")
+            + ".",
             "",
-            "| parameter | config key | value |",
-            "|---|---|---|",
-            *[f"| {p.name} | {p.key} | {_fmt(best.params[p.name])} |" for p in spec.params if p.name in best.params],
+            md_table(
+                [
+                    {"parameter": p.name, "config key": p.key, "value": best.params[p.name]}
+                    for p in spec.params
+                    if p.name in best.params
+                ],
+                ["parameter", "config key", "value"],
+            ),
             "",
-            "Validation (last epoch): " + ", ".join(f"{k}={_fmt(v)}" for k, v in best_info["val"].items() if v is not None),
+            "Validation (last epoch, configured reading): "
+            + ", ".join(f"{k}={fmt(v)}" for k, v in best_info["val"].items() if v is not None),
             "",
-            ("Test (reported, never used for the choice): " + ", ".join(f"{k}={_fmt(v)}" for k, v in test.items()))
+            (
+                "Test (reported, never used for the choice): "
+                + ", ".join(f"{k}={fmt(v)}" for k, v in test.items())
+                + (f"; read with {variant}: " + ", ".join(f"{k}={fmt(v)}" for k, v in test_chosen.items()) if test_chosen else "")
+            )
             if test
             else "Test: not reported (the trial did not reach its last epoch).",
             "",
@@ -291,12 +315,15 @@ def write_report(
             "```",
             "",
         ]
+    if spec.multi:
+        lines += _pareto_section(study, spec, folder, shown, files)
+    lines += _posthoc_section(study, spec, best)
     lines += [
         "## All trials",
         "",
         f"CSV: `{shown}/trials.csv`",
         "",
-        _md_table(rows, [c for c in rows[0] if c != "run_dir"]) if rows else "(none)",
+        md_table(rows, [c for c in rows[0] if c != "run_dir"]) if rows else "(none)",
         "",
     ]
     lines += ["## Plots", ""]
@@ -306,39 +333,6 @@ def write_report(
     text = "\n".join(lines)
     md = _atomic_text(folder / "report.md", text)
     return Report(folder=folder, markdown=md, text=text, best=best_info, files=[md, *files], skipped=skipped)
-
-
-def write_retrain_report(
-    out_dir: str | Path, spec: SearchSpec, best: dict[str, Any], runs: list[dict[str, Any]]
-) -> tuple[Path, str]:
-    """``report/retrain.md`` + ``retrain.json``: per-seed metrics of the best config and their mean +- std."""
-    import numpy as np
-
-    folder = Path(out_dir) / REPORT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    keys = [k for k in VAL_KEYS + TEST_KEYS if any(r.get(k) is not None for r in runs)]
-    summary: dict[str, dict[str, float]] = {}
-    for k in keys:
-        vals = np.array([r[k] for r in runs if r.get(k) is not None], dtype=np.float64)
-        # sample std (ddof=1) over seeds, as papers report mean +- std; 0 for a single seed
-        summary[k] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "n": int(len(vals))}
-    payload = {"trial": best.get("trial"), "params": best.get("params"), "runs": runs, "summary": summary}
-    _atomic_text(folder / "retrain.json", json.dumps(payload, indent=1))
-    lines = [
-        f"# Best config of {spec.study_name}, retrained on {len(runs)} seeds",
-        "",
-        f"Search trial {best.get('trial')}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in (best.get("params") or {}).items()),
-        "",
-        _md_table(runs, ["seed", "state", "epochs", *keys]),
-        "",
-        "| metric | mean +- std |",
-        "|---|---|",
-        *[f"| {k} | {v['mean']:.2f} +- {v['std']:.2f} (n={v['n']}) |" for k, v in summary.items()],
-        "",
-    ]
-    text = "\n".join(lines)
-    _atomic_text(folder / "retrain.md", text)
-    return folder / "retrain.md", text
 
 
 def retrain_command(where: str | Path, storage_ref: str | None = None, seeds: int = 3) -> str:

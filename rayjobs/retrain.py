@@ -1,24 +1,31 @@
 """``--retrain-best``: the best configuration of a finished search, retrained on N seeds (mean +- std).
 
 The search is found from its record (its ``--out`` folder or the record URL in object storage), the study from the
-storage the record names, the best trial among those that trained all their epochs; the seeds run as parallel
+storage the record names, the best trial among those that trained all their epochs (the knee of a Pareto search's
+front); each seed is also read with the reading / post-hoc variant the search chose for it (``chosen/*``, mean +- std
+beside the raw ones); the seeds run as parallel
 Tune trials with the search's resources and data, in ``<storage path>/<study>-retrain-trial<N>-<K>seeds``, and the
 report (``retrain.md``, ``retrain.json``) goes beside the search's report and into the local mirror.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from rayjobs import storage as store
 from rayjobs.connect import connect, resolve
-from rayjobs.report import select_best, write_retrain_report
+from rayjobs.objectives import CHOICE_KEY, CHOSEN_PREFIX, TrialScoring, scoring_for
+from rayjobs.report import REPORT_DIR, TEST_KEYS, VAL_KEYS, fmt, md_table, select_best
+from rayjobs.search_space import SearchSpec
 from rayjobs.searcher import RECORDED
 from rayjobs.study import SearchError, load_record, open_study, record_storage
 from rayjobs.trial import TrialJob, run_seed, trial_dirname
 from rayjobs.tuning import DEFAULT_MAX_FAILURES, check_resources, restore_or_new, run_config, trainable
+from twohead import atomic
 
-__all__ = ["retrain_best"]
+__all__ = ["retrain_best", "write_retrain_report"]
 
 
 def retrain_best(
@@ -87,6 +94,8 @@ def retrain_best(
     finally:
         if started:
             ray.shutdown()
+    variant = best.user_attrs.get(CHOICE_KEY)
+    scoring = scoring_for(spec, spec.trial_config(best.params))
     runs = []
     for r in sorted(results, key=lambda r: r.config["seed"]):
         m = r.metrics or {}
@@ -96,6 +105,7 @@ def retrain_best(
                 "state": "ERROR" if r.error else "DONE",
                 "epochs": m.get("epoch"),
                 **{k: m.get(k) for k in RECORDED if k.startswith(("val_", "test_"))},
+                **_under(variant, scoring, m),
                 "run_dir": m.get("run_dir"),
             }
         )
@@ -105,3 +115,54 @@ def retrain_best(
     if record.root != str(folder):
         store.upload_dir(md.parent, store.join(record.root, "report"), last="retrain.md")
     return store.join(record.root, "report", "retrain.md"), text
+
+
+def _under(variant: str | None, scoring: TrialScoring, result: dict) -> dict[str, float]:
+    """A seed's validation and test metrics under the variant the search chose for this configuration
+    (``chosen/val_top1``, ``chosen/test_top1``, ...), from its last result and its ``metrics.json``."""
+    if not variant or variant == scoring.default:
+        return {}
+    out = {CHOSEN_PREFIX + k: v for k, v in scoring.variants(result).get(variant, {}).items()}
+    if result.get("run_dir"):
+        from rayjobs.reporting import flat_scalars
+
+        try:
+            final = json.loads(store.read_bytes(store.join(result["run_dir"], "metrics.json")))
+        except (OSError, ValueError, store.StorageError):
+            return out
+        out.update({CHOSEN_PREFIX + k: v for k, v in scoring.variants(flat_scalars(final), "test").get(variant, {}).items()})
+    return out
+
+
+def write_retrain_report(
+    out_dir: str | Path, spec: SearchSpec, best: dict[str, Any], runs: list[dict[str, Any]]
+) -> tuple[Path, str]:
+    """``report/retrain.md`` + ``retrain.json``: per-seed metrics of the best config and their mean +- std."""
+    import numpy as np
+
+    folder = Path(out_dir) / REPORT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    chosen = [CHOSEN_PREFIX + k for k in VAL_KEYS + TEST_KEYS]
+    keys = [k for k in VAL_KEYS + TEST_KEYS + tuple(chosen) if any(r.get(k) is not None for r in runs)]
+    summary: dict[str, dict[str, float]] = {}
+    for k in keys:
+        vals = np.array([r[k] for r in runs if r.get(k) is not None], dtype=np.float64)
+        # sample std (ddof=1) over seeds, as papers report mean +- std; 0 for a single seed
+        summary[k] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, "n": int(len(vals))}
+    payload = {"trial": best.get("trial"), "params": best.get("params"), "runs": runs, "summary": summary}
+    atomic.write_text(folder / "retrain.json", json.dumps(payload, indent=1))
+    lines = [
+        f"# Best config of {spec.study_name}, retrained on {len(runs)} seeds",
+        "",
+        f"Search trial {best.get('trial')}: " + ", ".join(f"{k}={fmt(v)}" for k, v in (best.get("params") or {}).items()),
+        "",
+        md_table(runs, ["seed", "state", "epochs", *keys]),
+        "",
+        "| metric | mean +- std |",
+        "|---|---|",
+        *[f"| {k} | {v['mean']:.2f} +- {v['std']:.2f} (n={v['n']}) |" for k, v in summary.items()],
+        "",
+    ]
+    text = "\n".join(lines)
+    atomic.write_text(folder / "retrain.md", text)
+    return folder / "retrain.md", text

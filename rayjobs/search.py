@@ -1,10 +1,12 @@
-"""Hyper-parameter search of twohead on Ray Tune: Optuna TPE + ASHA on the validation metric (the driver).
+"""Hyper-parameter search of twohead on Ray Tune: Optuna TPE + ASHA on validation objectives (the driver).
 
 ``python -m rayjobs.search --preset smoke --out runs/smoke-search`` (the README's main job) runs a Ray Tune
 ``Tuner`` whose trials (:mod:`rayjobs.trial`) each call the one training loop, :func:`twohead.loop.fit`. A
-:class:`~rayjobs.searcher.StudySearcher` proposes configurations from the search space (Optuna TPE, seeded) and
-records every trial's true outcome in the study; ``ASHAScheduler`` stops weak trials early. Both see only the
-**validation** metric; test metrics are recorded with each trial and reported, never used for the choice.
+:class:`~rayjobs.searcher.StudySearcher` proposes configurations from the search space (Optuna TPE, seeded; one
+objective or several: a Pareto search, :mod:`rayjobs.objectives`) and records every trial's true outcome in the
+study; ``ASHAScheduler`` stops weak trials early on their search score, never before a deferred re-weighting
+epoch. Both see only **validation** metrics; test metrics are recorded with each trial and reported, never used
+for the choice. Each trial picks its K-to-C reading / post-hoc correction on validation (``posthoc: true``).
 
 - ``--data URI`` (``s3://``, ``gs://``, ``file://`` or a folder prepared by ``rayjobs.prepare``): trials read the
   shards through the data plane of ``rayjobs.train`` (:mod:`rayjobs.dataplane`); the manifest is checked once,
@@ -17,6 +19,10 @@ records every trial's true outcome in the study; ``ASHAScheduler`` stops weak tr
   the environment so its password is never on a command line or in a file (:mod:`rayjobs.study`).
 - Resume: run the same command again. The experiment is restored (``Tuner.restore``) with the same study;
   finished trials are kept, unfinished ones continue from their last checkpoint under their Optuna number.
+- Extend: run it again with a larger ``--num-samples``: exactly the extra trials run, as a new Tune experiment
+  ``<study>-extend<k>`` beside the first, in the same study (the sampler's history) with the sampler's state.
+- ``--warm-start STUDY_OR_DIR``: a new search starts with the best configurations of a finished one (enqueued
+  after the space's ``reference`` configuration, :mod:`rayjobs.seeding`).
 - Ctrl-C / SIGTERM: Tune snapshots the experiment, running trials stay RUNNING in the study (continued by the
   rerun), the report is written and the command exits 130 / 143. A second signal stops at once.
 - ``--address`` / ``RAY_ADDRESS`` are checked to answer before anything is written (:mod:`rayjobs.connect`);
@@ -36,7 +42,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ from rayjobs.connect import RayAddressError, connect, resolve
 from rayjobs.report import Report, dashboard_command, retrain_command, write_report
 from rayjobs.retrain import retrain_best
 from rayjobs.search_space import SearchSpaceError, SearchSpec, load_search_space
+from rayjobs.seeding import DEFAULT_TOP, Segment, enqueue, finished, plan_segments, previous_sampler, resolve_warm_start
 from rayjobs.study import (
     SearchError,
     StudyStorage,
@@ -57,7 +64,17 @@ from rayjobs.study import (
     update_record,
 )
 from rayjobs.trial import TrialJob, run_trial
-from rayjobs.tuning import DEFAULT_MAX_FAILURES, check_resources, interrupts, new_tuner, restore_or_new, trainable
+from rayjobs.tuning import (
+    DEFAULT_MAX_FAILURES,
+    check_resources,
+    data_plan,
+    interrupts,
+    needs_thumbnails,
+    new_sampler,
+    new_tuner,
+    restore_or_new,
+    trainable,
+)
 
 __all__ = ["DEFAULT_MAX_FAILURES", "SearchResult", "main", "retrain_best", "run_search"]
 
@@ -78,54 +95,12 @@ class SearchResult:
     errors: int
     interrupted: int = 0  # the signal that stopped the driver, 0 when it ran to the end
     data_stats: dict | None = None
+    segments: list[Segment] = field(default_factory=list)  # the search's Tune runs (an extension adds one)
+    enqueued: list[dict] = field(default_factory=list)  # reference / warm-start trials enqueued by this run
 
     @property
     def dashboard(self) -> str:
         return dashboard_command(self.storage.display)
-
-
-def _fail_orphans(study: Any, experiment: str, started: datetime.datetime) -> int:
-    """Mark FAIL the trials a killed driver left RUNNING that no Tune trial will ever continue; returns how many.
-
-    Called once ``Tuner.fit`` returned normally and the study was reconciled with Tune's results: a RUNNING trial
-    is then an orphan when it is tagged with this experiment, or has no tag and began before this driver (the
-    driver was killed between Optuna's ``ask`` and the tagging). Trials of other experiments are left alone."""
-    from optuna.trial import TrialState
-
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        ours = t.user_attrs.get("experiment") == experiment
-        untagged = "experiment" not in t.user_attrs and t.datetime_start is not None and t.datetime_start < started
-        if ours or untagged:
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            n += 1
-    return n
-
-
-def _data_plan(spec: SearchSpec, data: str, verify: str, stream: str) -> tuple[SearchSpec, Any]:
-    """Check the dataset once; the base config's data section becomes the dataset's (a search may not vary it)."""
-    from rayjobs.dataplane import apply_manifest, manifest_keys, plan_dataset
-
-    plan = plan_dataset(data, verify=verify, stream=stream, skip_invalid=spec.base.data.skip_corrupt)
-    fixed = manifest_keys(plan.manifest_obj, spec.base)
-    bad = [p.name for p in spec.params if p.key in fixed]
-    if bad:
-        raise SearchSpaceError(
-            f"{spec.source}: parameters {bad} change the dataset, which --data {plan.url} fixes; "
-            "prepare one dataset per value instead"
-        )
-    return dataclasses.replace(spec, base=apply_manifest(spec.base, plan.manifest_obj)), plan
-
-
-def _needs_thumbnails(spec: SearchSpec) -> bool:
-    """Can a trial of this search ask for k-means / hierarchical labels on the pixel embedding?"""
-    methods, embeddings = {spec.base.method.clustering}, {spec.base.method.embedding}
-    for p in spec.params:
-        if p.key == "method.clustering":
-            methods |= set(p.choices)
-        elif p.key == "method.embedding":
-            embeddings |= set(p.choices)
-    return bool(methods - {"random"}) and bool(embeddings & {"pca", "pixels"})
 
 
 def run_search(
@@ -143,13 +118,16 @@ def run_search(
     verbose: int = 1,
     num_cpus: int | None = None,
     fail_at_epoch: int | None = None,
+    warm_start: str | None = None,
+    warm_start_top: int = DEFAULT_TOP,
 ) -> SearchResult:
-    """Run (or resume) the search described by ``spec``; write and return the report (module docstring)."""
+    """Run, resume or extend the search described by ``spec``; write and return the report (module docstring)."""
     import ray
 
     t0, started_at = time.perf_counter(), datetime.datetime.now()  # Optuna stamps trials with naive local time
     out = Path(out).resolve()
     target = None if ray.is_initialized() else resolve(address)  # before anything is written
+    warm = resolve_warm_start(warm_start, warm_start_top) if warm_start else None
     ss = study_storage(storage_url, out, spec.study_name)
     root = storage_path.rstrip("/") if storage_path else str(out)
     if storage_path:
@@ -158,9 +136,11 @@ def run_search(
     record = experiment if storage_path else str(out)
     plan = None
     if data:
-        spec, plan = _data_plan(spec, data, verify, stream)
+        spec, plan = data_plan(spec, data, verify, stream)
     meta = {"storage": ss.ref, "study_name": spec.study_name, "experiment": experiment, "data": plan.url if plan else None}
-    save_record(record, spec, meta, mirror=out, check_only=True)
+    if warm is not None:
+        meta["warm_start"] = warm.shown
+    before = save_record(record, spec, meta, mirror=out, check_only=True, extend=True)
 
     out.mkdir(parents=True, exist_ok=True)
     snapshot = None
@@ -172,11 +152,23 @@ def run_search(
     meta.update(sqlite_local=str(ss.sqlite_path) if ss.sqlite_path else None)
     study_store = open_storage(ss.url)
     study = open_study(ss.url, spec, create=True, storage=study_store)
-    save_record(record, spec, meta, mirror=out)
+    old_meta = _recorded_meta(record)
+    if warm is not None and old_meta.get("warm_start") != warm.shown and study.get_trials(deepcopy=False):
+        raise SearchError(
+            f"--warm-start seeds a new search, but study {spec.study_name!r} in {ss.display} already has "
+            f"{len(study.trials)} trials; use another --study-name (or storage)"
+        )
+    segments = plan_segments(old_meta, experiment, root, spec.study_name, before, spec.search.num_samples)
+    meta["segments"] = [dataclasses.asdict(seg) for seg in segments]
+    save_record(record, spec, meta, mirror=out, extend=True)
+    enqueued = enqueue(study, spec, warm)
+    if warm is not None and enqueued:
+        update_record(record, {"warm_start_trials": [p["user_attrs"].get("warm_start") for p in warm.enqueued]}, mirror=out)
 
     started = connect(target, num_cpus=num_cpus) if target is not None else False
     received: list[int] = []
     data_stats = None
+    errors, resumed, runs = 0, False, []
     try:
         strict = started and target is not None and target.local
         check_resources(spec, strict, 1.0 if plan is not None and not plan.in_memory else 0.0)
@@ -185,30 +177,50 @@ def run_search(
             from rayjobs.dataplane import start_service
 
             service = start_service(plan)
-            ray.get(service.warm.remote(_needs_thumbnails(spec)))  # before trials hold the CPUs
+            ray.get(service.warm.remote(needs_thumbnails(spec)))  # before trials hold the CPUs
         fault = {"at_epoch": int(fail_at_epoch), "mode": "kill"} if fail_at_epoch else None
-        job = TrialJob(spec=spec, experiment=experiment, plan=plan, service=service, fault=fault)
-        fn = trainable(run_trial, job)
-
-        def new() -> Any:
-            return new_tuner(spec, fn, ss, experiment, root, max_failures, verbose, snapshot)
-
-        tuner, resumed = restore_or_new(experiment, fn, restart_errored, new)
         with interrupts() as received:
-            results = tuner.fit()
-        errors = len(results.errors)
+            for k, seg in enumerate(segments):
+                if finished(study, seg):
+                    continue
+                job = TrialJob(spec=spec, experiment=seg.experiment, plan=plan, service=service, fault=fault)
+                fn = trainable(run_trial, job)
+                sampler = (previous_sampler(segments[k - 1].experiment) or new_sampler(spec, k)) if k else None
+
+                def new(seg: Segment = seg, fn: Any = fn, sampler: Any = sampler) -> Any:
+                    return new_tuner(
+                        spec,
+                        fn,
+                        ss,
+                        seg.experiment,
+                        root,
+                        max_failures,
+                        verbose,
+                        name=seg.name,
+                        num_samples=seg.num_samples,
+                        sampler=sampler,
+                    )
+
+                tuner, again = restore_or_new(seg.experiment, fn, restart_errored, new)
+                results = tuner.fit()
+                resumed |= again
+                errors += len(results.errors)
+                runs.append((seg, results))
+                if received:
+                    break
         if service is not None:
             data_stats = ray.get(service.stats.remote())
     finally:
         if started:
             ray.shutdown()
 
-    from rayjobs.searcher import reconcile
+    from rayjobs.searcher import fail_orphans, reconcile
 
     settled = orphans = 0
     if not received:
-        settled = reconcile(study, study_store, experiment, results, spec.metric)
-        orphans = _fail_orphans(study, experiment, started_at)
+        for seg, results in runs:
+            settled += reconcile(study, study_store, seg.experiment, results, spec)
+            orphans += fail_orphans(study, seg.experiment, started_at)
     if snapshot is not None:
         publish_sqlite(ss.sqlite_path, snapshot)
     if data_stats is not None:
@@ -216,10 +228,17 @@ def run_search(
     wall = time.perf_counter() - t0
     extra = [
         f"Tune experiment: `{experiment}`" + (" (resumed)" if resumed else ""),
-        f"driver wall time: {wall / 60:.1f} min" + (" (this run)" if resumed else ""),
+        *[f"extended by {seg.num_samples} trials: Tune experiment `{seg.experiment}`" for seg in segments[1:]],
+        f"driver wall time: {wall / 60:.1f} min" + (" (this run)" if resumed or len(segments) > 1 else ""),
     ]
     if plan is not None:
         extra.append(f"data: `{plan.url}` ({'in memory, one copy per node' if plan.in_memory else 'streamed with Ray Data'})")
+    warm_note = (old_meta.get("warm_start") if warm is None else warm.shown) or None
+    if warm_note:
+        extra.append(f"warm-started from `{warm_note}` (its best configurations were enqueued first)")
+    for p in enqueued:
+        if p["dropped"]:
+            extra.append(f"{p['user_attrs']}: parameters {p['dropped']} are not in this space's ranges and were sampled")
     if received:
         extra.append(
             f"interrupted by {signal.Signals(received[0]).name}: unfinished trials continue when the same command runs again"
@@ -242,18 +261,33 @@ def run_search(
     if record != str(out):
         store.upload_dir(report.folder, store.join(record, "report"), last="report.md")
     interrupted = received[0] if received else 0
-    return SearchResult(spec, out, record, ss, experiment, resumed, report, wall, errors, interrupted, data_stats)
+    return SearchResult(
+        spec, out, record, ss, experiment, resumed, report, wall, errors, interrupted, data_stats, segments, enqueued
+    )
+
+
+def _recorded_meta(record: str) -> dict:
+    """``search.json`` of the search recorded at ``record`` ({} for a new search)."""
+    import json
+
+    url = store.join(record, "search.json")
+    return json.loads(store.read_bytes(url)) if store.exists(url) else {}
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m rayjobs.search",
-        description="Hyper-parameter search of twohead (Ray Tune + Optuna TPE + ASHA on the validation metric).",
-        epilog="Resume: run the same command again. Live view: optuna-dashboard <storage URL> (printed at the end).",
+        description="Hyper-parameter search of twohead (Ray Tune + Optuna TPE + ASHA on validation objectives).",
+        epilog="Resume: run the same command again; extend it: again with a larger --num-samples. "
+        "Live view: optuna-dashboard <storage URL> (printed at the end).",
     )
     what = ap.add_mutually_exclusive_group(required=True)
-    what.add_argument("--preset", help="search space search_spaces/<NAME>.yaml (smoke, cifar10-lt, cifar100-lt, imagenet-lt)")
+    what.add_argument(
+        "--preset",
+        help="search space search_spaces/<NAME>.yaml (smoke, smoke-pareto, cifar10-lt, cifar10-lt-pareto, cifar100-lt, "
+        "imagenet-lt)",
+    )
     what.add_argument("--space", type=Path, help="a search-space YAML file")
     what.add_argument(
         "--retrain-best",
@@ -272,9 +306,23 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--storage-path", help="where everything the search produces lives: a shared folder or s3://bucket/prefix")
     ap.add_argument("--study-name", help="Optuna study / Tune experiment name (default: the space's name)")
     ap.add_argument("--address", help="Ray cluster to join (HOST:PORT, auto); default RAY_ADDRESS, else a local Ray")
-    ap.add_argument("--num-samples", type=int, help="number of trials (overrides search.num_samples)")
+    ap.add_argument(
+        "--num-samples", type=int, help="number of trials (overrides search.num_samples); larger on a rerun: extend it"
+    )
     ap.add_argument("--max-concurrent", type=int, help="trials running at once (overrides search.max_concurrent)")
     ap.add_argument("--seed", type=int, help="TPE sampler seed (overrides search.seed)")
+    ap.add_argument(
+        "--warm-start",
+        metavar="STUDY_OR_DIR",
+        help="start a new search with the best configurations of a finished one: its --out folder, record URL, "
+        "or an Optuna storage URL / env:NAME (#STUDY to pick a study)",
+    )
+    ap.add_argument(
+        "--warm-start-top",
+        type=int,
+        default=DEFAULT_TOP,
+        help=f"with --warm-start: how many of its best configurations to enqueue (default {DEFAULT_TOP})",
+    )
     ap.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (per worker with --workers-per-trial)")
     ap.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack trials on one GPU (0.16 -> 6 per card)")
     ap.add_argument("--workers-per-trial", type=int, help="> 1: each trial is a DDP TorchTrainer with this many workers")
@@ -347,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             verbose=args.verbose,
             num_cpus=args.num_cpus,
             fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
+            warm_start=args.warm_start,
+            warm_start_top=args.warm_start_top,
         )
     except (SearchSpaceError, SearchError, RayAddressError, store.StorageError, store.DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,11 +1,15 @@
 """Hyper-parameter search spaces: YAML files parsed and validated before any trial runs (Ray-free).
 
-A search space names the :class:`~twohead.config.TrainConfig` every trial starts from, the validation
-metric to optimise, the Optuna parameters and the search / resource settings::
+A search space names the :class:`~twohead.config.TrainConfig` every trial starts from, what to optimise on the
+validation split, the Optuna parameters and the search / resource settings::
 
     base: {preset: cifar10-lt, set: {method.name: twohead}}   # the TrainConfig every trial starts from
-    metric: val_top1        # a validation metric (val_*); test_* is refused
-    mode: max
+    objectives:             # validation metrics (val_*; test_* is refused); several -> a Pareto search
+      - {metric: val_top1, mode: max}
+      - {metric: val_worst_class, mode: max}
+    # metric: val_top1      # the one-objective form: `metric` + `mode`
+    # mode: max
+    posthoc: true           # each trial picks its K-to-C reading / post-hoc correction on validation (default)
     params:
       u: {type: int, low: 2, high: 30}                        # Eq. 3: clusters of the largest class
       alpha: {type: float, low: 0.3, high: 1.0}               # Sec. 2.2: soft-label mass on the own cluster
@@ -13,12 +17,16 @@ metric to optimise, the Optuna parameters and the search / resource settings::
       clustering: {type: categorical, choices: [random, kmeans, hierarchical]}   # Fig. 4 right
       optim.lr: {type: float, low: 0.05, high: 0.2, log: true}
       method.mixup_alpha: {type: float, low: 0.2, high: 1.0, condition: {method.name: twohead_full}}
+    reference:              # enqueued as the first trial and marked in the report
+      label: paper (u=10, alpha=0.5, lambda=1.5, random)
+      params: {u: 10, alpha: 0.5, lambda: 1.5, clustering: random}
     search: {num_samples: 40, max_concurrent: 6, seed: 0, asha: {grace_period: 20, reduction_factor: 3}}
     resources: {cpus_per_trial: 1, gpus_per_trial: 0.16}
 
-Parameter names are the aliases of :func:`twohead.config.apply_overrides` (``u``, ``alpha``, ``lambda``,
-``clustering``) or full dotted ``section.key`` names. A ``condition`` maps config keys (or earlier parameters)
-to the value or list of values for which the parameter is sampled; otherwise the base value is kept.
+The file's shape is :mod:`rayjobs.space_schema` (pydantic), the parameters are resolved against the TrainConfig
+in :mod:`rayjobs.space_params`, and what a trial optimises is :mod:`rayjobs.objectives`. This module puts them
+together and checks what needs the whole space. A reference parameter left out takes the base config's value
+(which must lie in the parameter's range).
 
 Why validate here rather than let trials fail: a typo or an impossible range would otherwise only surface as
 N failed trials on a cluster, after the study has been created. Every problem raises
@@ -31,16 +39,16 @@ whatever Optuna-like trial it is given, so the parsing is unit-testable on its o
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twohead.config import ConfigError, TrainConfig, apply_overrides, load_config
+from rayjobs.objectives import VAL_METRICS, Objective, score_mode
+from rayjobs.space_params import ParamSpec, config_value, draw, is_active, parse_param
+from rayjobs.space_schema import AshaSpec, Resources, SearchSettings, SearchSpaceError, SpaceDoc, validate_document
+from twohead.config import ALIASES, ConfigError, TrainConfig, apply_overrides, load_config
 
 __all__ = [
     "SearchSpaceError",
@@ -49,6 +57,8 @@ __all__ = [
     "AshaSpec",
     "SearchSettings",
     "Resources",
+    "Objective",
+    "Reference",
     "SearchSpec",
     "ALIASES",
     "VAL_METRICS",
@@ -59,15 +69,7 @@ __all__ = [
     "parse_search_space",
 ]
 
-#: search-parameter aliases; kept equal to twohead.config's override aliases (asserted in the tests)
-from twohead.config import ALIASES  # noqa: E402 - the search's parameter names are the config's aliases
 
-#: the per-epoch validation metrics the training loop reports (twohead.loop Reporter contract); the choice
-#: of configuration may only use these. test_* metrics are reported on the last epoch and never optimised.
-VAL_METRICS = ("val_top1", "val_many", "val_medium", "val_few")
-
-
-#: where the preset search spaces live (repository root / search_spaces)
 def _presets_dir():
     """The preset YAML files: package data of ``rayjobs.search_spaces`` in an installed wheel, the repository's
     top-level ``search_spaces/`` folder in a checkout (the same files: the build ships that folder)."""
@@ -80,120 +82,70 @@ def _presets_dir():
 
 
 SPACES_DIR = _presets_dir()
-
-_TOP_KEYS = ("base", "metric", "mode", "params", "search", "resources", "study_name", "description")
-_BASE_KEYS = ("preset", "config", "set")
-_PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "condition")
-_SEARCH_KEYS = ("num_samples", "max_concurrent", "seed", "n_startup_trials", "asha")
-_ASHA_KEYS = ("grace_period", "reduction_factor", "max_t")
-_RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial", "workers_per_trial")
-_TYPES = ("int", "float", "categorical")
-
-
-class SearchSpaceError(ValueError):
-    """A search-space file is malformed: names the file, the parameter and the problem."""
+_CLI_SEARCH = ("num_samples", "max_concurrent", "seed", "n_startup_trials")
+_CLI_RESOURCES = tuple(Resources.model_fields)
 
 
 class SearchSpaceWarning(UserWarning):
     """A search space is valid but probably not what was meant (e.g. a parameter that is never sampled)."""
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A configuration to compare with: every active parameter's value (``given``, else the base config's)."""
+
+    label: str
+    params: Mapping[str, Any]
+    given: Mapping[str, Any]  # as written in the file
+
+
 # ---------------------------------------------------------------------------------------------------- specs
-@dataclass(frozen=True)
-class ParamSpec:
-    """One Optuna parameter. ``name`` is what Optuna / the dashboard show, ``key`` the TrainConfig field."""
-
-    name: str
-    key: str
-    type: str  # int | float | categorical
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
-    condition: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (config key, allowed values), all must hold
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"type": self.type}
-        if self.type == "categorical":
-            d["choices"] = list(self.choices)
-        else:
-            d.update(low=self.low, high=self.high)
-            if self.log:
-                d["log"] = True
-            if self.step is not None:
-                d["step"] = self.step
-        if self.condition:
-            d["condition"] = {k: list(v) for k, v in self.condition}
-        return d
-
-
-@dataclass(frozen=True)
-class AshaSpec:
-    """ASHA early stopping on the validation metric (Li et al. 2020), ``time_attr`` = completed epochs."""
-
-    grace_period: int = 1
-    reduction_factor: float = 3.0
-    max_t: int = 0  # 0 -> the base config's optim.epochs
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    num_samples: int = 20
-    max_concurrent: int = 1
-    seed: int = 0  # TPE sampler seed
-    n_startup_trials: int = 10  # TPE's random start-up trials (Optuna's default)
-    asha: AshaSpec | None = None
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Per-trial resources. Fractional GPUs pack several trials on one card (e.g. 0.16 -> 6 per GPU)."""
-
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    workers_per_trial: int = 1  # > 1: a TorchTrainer (DDP) per trial, each worker with the resources above
-
-
 @dataclass(frozen=True)
 class SearchSpec:
     """A validated search space (see the module docstring for the YAML form)."""
 
     source: str  # the file (or preset) it came from, for messages
     base: TrainConfig
-    metric: str = "val_top1"
-    mode: str = "max"
+    objectives: tuple[Objective, ...] = (Objective("val_top1", "max"),)
     params: tuple[ParamSpec, ...] = ()
     search: SearchSettings = field(default_factory=SearchSettings)
     resources: Resources = field(default_factory=Resources)
     study_name: str = "twohead"
     base_recipe: Mapping[str, Any] = field(default_factory=dict)  # the `base:` mapping as written
+    posthoc: bool = True  # choose each trial's reading / post-hoc variant on validation (rayjobs.objectives)
+    reference: Reference | None = None
+
+    # ---- objectives ------------------------------------------------------------------------------------
+    @property
+    def multi(self) -> bool:
+        """Several objectives: a Pareto search."""
+        return len(self.objectives) > 1
+
+    @property
+    def metric(self) -> str:
+        """The first objective's metric (the one metric of a single-objective search)."""
+        return self.objectives[0].metric
+
+    @property
+    def mode(self) -> str:
+        return self.objectives[0].mode
+
+    @property
+    def metrics(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def score_mode(self) -> str:
+        """How trial scores compare (ASHA's mode): the single objective's mode, else max."""
+        return score_mode(self.objectives)
 
     # ---- Optuna side -------------------------------------------------------------------------------
     def suggest(self, trial: Any) -> None:
-        """Define-by-run space for Optuna (and Ray Tune's ``OptunaSearch``): sample each active parameter.
-
-        A conditional parameter is sampled only when its condition holds for the values drawn so far
-        (falling back to the base config), so Optuna's TPE sees it only in the trials where it matters.
-        """
-        drawn: dict[str, Any] = {}
-        for p in self.params:
-            if not self._active(p, drawn):
-                continue
-            if p.type == "int":
-                step = int(p.step) if p.step is not None else 1
-                drawn[p.key] = trial.suggest_int(p.name, int(p.low), int(p.high), step=step, log=p.log)
-            elif p.type == "float":
-                drawn[p.key] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
-            else:
-                drawn[p.key] = trial.suggest_categorical(p.name, list(p.choices))
-        return None
+        """Define-by-run space for Optuna: sample each active parameter (:func:`rayjobs.space_params.draw`)."""
+        draw(self.params, self.base, trial)
 
     def __call__(self, trial: Any) -> None:  # OptunaSearch accepts any picklable callable as the space
         return self.suggest(trial)
-
-    def _active(self, p: ParamSpec, drawn: Mapping[str, Any]) -> bool:
-        return all(drawn.get(key, _get(self.base, key)) in allowed for key, allowed in p.condition)
 
     # ---- trial side ---------------------------------------------------------------------------------
     def overrides(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,53 +165,65 @@ class SearchSpec:
         except ConfigError as exc:
             raise SearchSpaceError(f"{self.source}: trial parameters {dict(params)} give an invalid config: {exc}") from exc
 
+    def fit_params(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The values of ``params`` (another search's) this space could have drawn, in its order, and the names
+        dropped (unknown here, inactive under the others, or outside the range / choices)."""
+        kept: dict[str, Any] = {}
+        drawn: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in params and is_active(p, drawn, self.base) and p.contains(params[p.name]):
+                kept[p.name] = params[p.name]
+                drawn[p.key] = params[p.name]
+        return kept, sorted(set(params) - set(kept))
+
     @property
     def max_epochs(self) -> int:
         return self.search.asha.max_t if self.search.asha and self.search.asha.max_t else self.base.optim.epochs
 
     # ---- (de)serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (YAML/JSON) of everything that defines the search; the base is fully resolved."""
-        s = self.search
-        return {
+        """Plain data (YAML/JSON) of everything that defines the search; the base is fully resolved. One objective
+        is written as ``metric`` / ``mode``, several as ``objectives``."""
+        d: dict[str, Any] = {
             "source": self.source,
             "study_name": self.study_name,
             "base_recipe": dict(self.base_recipe),
             "base": self.base.to_dict(),
-            "metric": self.metric,
-            "mode": self.mode,
-            "params": {p.name: p.to_dict() for p in self.params},
-            "search": {
-                "num_samples": s.num_samples,
-                "max_concurrent": s.max_concurrent,
-                "seed": s.seed,
-                "n_startup_trials": s.n_startup_trials,
-                "asha": dataclasses.asdict(s.asha) if s.asha else None,
-            },
-            "resources": dataclasses.asdict(self.resources),
         }
+        if self.multi:
+            d["objectives"] = [{"metric": o.metric, "mode": o.mode} for o in self.objectives]
+        else:
+            d.update(metric=self.metric, mode=self.mode)
+        d["posthoc"] = self.posthoc
+        d["params"] = {p.name: p.to_dict() for p in self.params}
+        if self.reference is not None:
+            d["reference"] = {"label": self.reference.label, "params": dict(self.reference.given)}
+        d["search"] = self.search.model_dump()
+        d["resources"] = self.resources.model_dump()
+        return d
 
     def replace(self, **changes: Any) -> SearchSpec:
         """A copy with CLI overrides applied, validated again.
 
-        Accepted keys: ``num_samples``, ``max_concurrent``, ``seed`` (search), ``cpus_per_trial``,
-        ``gpus_per_trial``, ``workers_per_trial`` (resources), ``study_name``, and ``set`` (a list of
-        ``key=value`` base-config overrides, as ``--set`` on the CLI).
+        Accepted keys: ``num_samples``, ``max_concurrent``, ``seed``, ``n_startup_trials`` (search),
+        ``cpus_per_trial``, ``gpus_per_trial``, ``workers_per_trial`` (resources), ``study_name``, and ``set`` (a list
+        of ``key=value`` base-config overrides, as ``--set`` on the CLI).
         """
-        search, res, spec = self.search, self.resources, self
+        search, res, spec = self.search.model_dump(), self.resources.model_dump(), self
         base_set = changes.pop("set", None)
         for k, v in changes.items():
             if v is None:
                 continue
-            if k in ("num_samples", "max_concurrent", "seed", "n_startup_trials"):
-                search = dataclasses.replace(search, **{k: v})
-            elif k in _RESOURCE_KEYS:
-                res = dataclasses.replace(res, **{k: v})
+            if k in _CLI_SEARCH:
+                search[k] = v
+            elif k in _CLI_RESOURCES:
+                res[k] = v
             elif k == "study_name":
                 spec = dataclasses.replace(spec, study_name=v)
             else:
                 raise TypeError(f"SearchSpec.replace() got an unexpected key {k!r}")
-        spec = dataclasses.replace(spec, search=search, resources=res)
+        doc = validate_document({"search": search, "resources": res}, self.source)
+        spec = dataclasses.replace(spec, search=doc.search, resources=doc.resources)
         if base_set:
             try:
                 base = apply_overrides(spec.base, list(base_set)).validate()
@@ -268,6 +232,8 @@ class SearchSpec:
             recipe = dict(spec.base_recipe)
             recipe["cli_set"] = list(base_set)
             spec = dataclasses.replace(spec, base=base, base_recipe=recipe)
+            if spec.reference is not None:  # a reference value left out follows the base
+                spec = dataclasses.replace(spec, reference=_reference(spec, spec.reference.label, spec.reference.given))
         _validate_spec(spec)
         return spec
 
@@ -308,263 +274,96 @@ def parse_search_space(
 ) -> SearchSpec:
     """Validate the parsed YAML ``data`` of a search space and build a :class:`SearchSpec`."""
     where = source
-    if not isinstance(data, Mapping):
-        raise SearchSpaceError(
-            f"{where}: a search space must be a mapping with keys {', '.join(_TOP_KEYS)}; got {type(data).__name__}"
-        )
-    _no_unknown(data, _TOP_KEYS, f"{where}")
-
-    recipe = data.get("base") or {}
-    base = _parse_base(recipe, where, base_dir)
-    if "params" not in data or not data["params"]:
+    doc = validate_document(data, where)
+    base = _parse_base(doc, where, base_dir)
+    if not doc.params:
         raise SearchSpaceError(f"{where}: `params` must list at least one parameter to search")
-    if not isinstance(data["params"], Mapping):
-        raise SearchSpaceError(f"{where}: `params` must be a mapping of parameter name -> spec")
-
-    params: list[ParamSpec] = []
-    for name, raw in data["params"].items():
-        params.append(_parse_param(str(name), raw, where, base, [q.key for q in params]))
+    params = tuple(parse_param(str(name), raw, where, base) for name, raw in doc.params.items())
     keys = [p.key for p in params]
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
         names = [p.name for p in params if p.key in dup]
         raise SearchSpaceError(f"{where}: parameters {names} all set the same config key(s) {dup}; keep one")
-
     spec = SearchSpec(
         source=where,
         base=base,
-        metric=str(data.get("metric", "val_top1")),
-        mode=str(data.get("mode", "max")),
-        params=tuple(params),
-        search=_parse_search(data.get("search") or {}, where),
-        resources=_parse_resources(data.get("resources") or {}, where),
-        study_name=str(data.get("study_name") or study_name),
-        base_recipe=dict(recipe) if isinstance(recipe, Mapping) else {},
+        objectives=_objectives(doc, where),
+        params=params,
+        search=doc.search,
+        resources=doc.resources,
+        study_name=str(doc.study_name or study_name),
+        base_recipe=doc.base.model_dump(exclude_defaults=True),
+        posthoc=doc.posthoc,
     )
+    if doc.reference is not None:
+        spec = dataclasses.replace(spec, reference=_reference(spec, doc.reference.label, doc.reference.params))
     _validate_spec(spec)
     return spec
 
 
-# ------------------------------------------------------------------------------------------ parse helpers
-def _no_unknown(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
-    unknown = [k for k in d if k not in allowed]
-    if unknown:
-        raise SearchSpaceError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)}")
-
-
-def _parse_base(recipe: Any, where: str, base_dir: str | Path | None) -> TrainConfig:
-    if not isinstance(recipe, Mapping):
-        raise SearchSpaceError(f"{where}: `base` must be a mapping with keys {', '.join(_BASE_KEYS)}")
-    _no_unknown(recipe, _BASE_KEYS, f"{where}: base")
-    config_path = recipe.get("config")
+def _parse_base(doc: SpaceDoc, where: str, base_dir: str | Path | None) -> TrainConfig:
+    recipe = doc.base
+    config_path = recipe.config
     if config_path and base_dir is not None and not Path(config_path).is_absolute():
         config_path = Path(base_dir) / config_path  # relative to the search-space file, like an include
-    sets = recipe.get("set") or {}
-    if not isinstance(sets, (Mapping, list)):
-        raise SearchSpaceError(f"{where}: base.set must be a mapping of key: value (or a list of key=value)")
+    sets = recipe.set
     try:
-        return load_config(
-            config_path, preset=recipe.get("preset"), overrides=dict(sets) if isinstance(sets, Mapping) else list(sets)
-        )
+        return load_config(config_path, preset=recipe.preset, overrides=dict(sets) if isinstance(sets, Mapping) else list(sets))
     except ConfigError as exc:
         raise SearchSpaceError(f"{where}: base config: {exc}") from exc
 
 
-def _number(v: Any, what: str, integer: bool) -> float | int:
-    # PyYAML reads `1e-4` (no dot) as a string: accept it, it is what people write for learning rates.
-    if isinstance(v, bool):
-        raise SearchSpaceError(f"{what}={v!r} must be a number")
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            raise SearchSpaceError(f"{what}={v!r} must be a number") from None
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise SearchSpaceError(f"{what}={v!r} must be a finite number")
-    if integer:
-        if float(v) != int(v):
-            raise SearchSpaceError(f"{what}={v!r} must be an integer for an int parameter")
-        return int(v)
-    return float(v)
+def _objectives(doc: SpaceDoc, where: str) -> tuple[Objective, ...]:
+    if doc.objectives is not None:
+        if doc.metric is not None or doc.mode is not None:
+            raise SearchSpaceError(f"{where}: give either `metric` / `mode` (one objective) or `objectives`, not both")
+        if not doc.objectives:
+            raise SearchSpaceError(f"{where}: `objectives` must list at least one {{metric: val_..., mode: max}}")
+        objs = tuple(Objective(o.metric, o.mode) for o in doc.objectives)
+    else:
+        objs = (Objective(doc.metric or "val_top1", doc.mode or "max"),)
+    names = [o.metric for o in objs]
+    for m in names:
+        # The choice of configuration must never see the test set (test_* is reported, never optimised).
+        if m.startswith("test_"):
+            raise SearchSpaceError(
+                f"{where}: metric={m!r} is a test metric; a search may only optimise a validation metric: {', '.join(VAL_METRICS)}"
+            )
+        if m not in VAL_METRICS:
+            raise SearchSpaceError(f"{where}: metric={m!r} is unknown; allowed: {', '.join(VAL_METRICS)}")
+    if len(set(names)) != len(names):
+        raise SearchSpaceError(f"{where}: objectives {names} name a metric twice")
+    return objs
 
 
-def _field_type(key: str) -> Any:
-    """The plain Python type of a config key (int, float, bool, str or tuple); Literal choices count as str."""
-    section, name = key.split(".", 1)
-    ann = type(getattr(TrainConfig(), section)).model_fields[name].annotation
-    while typing.get_origin(ann) in (typing.Union, types.UnionType, typing.Annotated):
-        ann = next(a for a in typing.get_args(ann) if a is not type(None))
-    if typing.get_origin(ann) is typing.Literal:
-        return str
-    return typing.get_origin(ann) or ann
-
-
-def _get(cfg: TrainConfig, key: str) -> Any:
-    section, name = key.split(".", 1)
-    return getattr(getattr(cfg, section), name)
-
-
-def _resolve_key(name: str, what: str) -> str:
-    """Alias or dotted key -> TrainConfig key, or SearchSpaceError naming what is allowed."""
-    key = ALIASES.get(name, name)
-    sections = list(TrainConfig.model_fields)
-    if "." not in key:
-        raise SearchSpaceError(
-            f"{what}: unknown parameter; use one of the aliases {', '.join(ALIASES)} or a dotted TrainConfig key "
-            f"section.key (sections: {', '.join(sections)})"
-        )
-    section, attr = key.split(".", 1)
-    if section not in sections:
-        raise SearchSpaceError(
-            f"{what}: unknown parameter: config section {section!r} does not exist; sections: {', '.join(sections)}"
-        )
-    allowed = list(type(getattr(TrainConfig(), section)).model_fields)
-    if attr not in allowed:
-        raise SearchSpaceError(
-            f"{what}: unknown parameter: {key} is not a TrainConfig key; {section}.* keys: {', '.join(allowed)}"
-        )
-    return key
-
-
-def _parse_param(name: str, raw: Any, where: str, base: TrainConfig, earlier_keys: list[str]) -> ParamSpec:
-    what = f"{where}: parameter {name!r}"
-    key = _resolve_key(name, what)
-    if not isinstance(raw, Mapping):
-        raise SearchSpaceError(f"{what}: spec must be a mapping like {{type: float, low: 0.1, high: 1.0}}; got {raw!r}")
-    _no_unknown(raw, _PARAM_KEYS, what)
-    typ = raw.get("type")
-    if typ not in _TYPES:
-        raise SearchSpaceError(f"{what}: type={typ!r} is unknown; allowed: {', '.join(_TYPES)}")
-
-    field_t = _field_type(key)
-    if typ == "int" and field_t not in (int, float):
-        raise SearchSpaceError(f"{what}: type int does not fit config key {key} of type {getattr(field_t, '__name__', field_t)}")
-    if typ == "float" and field_t is not float:
-        raise SearchSpaceError(
-            f"{what}: type float does not fit config key {key} of type {getattr(field_t, '__name__', field_t)}"
-            + (" (use type: int)" if field_t is int else " (use type: categorical)")
-        )
-
-    condition = _parse_condition(raw.get("condition"), what, earlier_keys)
-    cond_overrides = {k: allowed[0] for k, allowed in condition}
-    if typ == "categorical":
-        for k in ("low", "high", "log", "step"):
-            if k in raw:
-                raise SearchSpaceError(f"{what}: `{k}` does not apply to a categorical parameter (use choices)")
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise SearchSpaceError(f"{what}: choices must be a non-empty list; got {choices!r}")
-        if len(set(map(repr, choices))) != len(choices):
-            raise SearchSpaceError(f"{what}: choices {choices} repeat a value")
-        for c in choices:
-            if not (c is None or isinstance(c, (bool, int, float, str))):
-                raise SearchSpaceError(f"{what}: choice {c!r} must be a number, string, bool or null")
-            _check_value(base, key, c, cond_overrides, f"{what}: choice {c!r}")
-        return ParamSpec(name=name, key=key, type=typ, choices=tuple(choices), condition=condition)
-
-    if "choices" in raw:
-        raise SearchSpaceError(f"{what}: `choices` only applies to type: categorical")
-    for k in ("low", "high"):
-        if k not in raw:
-            raise SearchSpaceError(f"{what}: `{k}` is required for type: {typ}")
-    integer = typ == "int"
-    low = _number(raw["low"], f"{what}: low", integer)
-    high = _number(raw["high"], f"{what}: high", integer)
-    if not low < high:
-        raise SearchSpaceError(f"{what}: empty range low={low} >= high={high}; need low < high")
-    log = raw.get("log", False)
-    if not isinstance(log, bool):
-        raise SearchSpaceError(f"{what}: log={log!r} must be true or false")
-    step = raw.get("step")
-    if step is not None:
-        step = _number(step, f"{what}: step", integer)
-        if step <= 0:
-            raise SearchSpaceError(f"{what}: step={step} must be > 0")
-        if log and (not integer or step != 1):
-            raise SearchSpaceError(f"{what}: step and log cannot be combined (Optuna samples log ranges continuously)")
-    if log and low <= 0:
-        raise SearchSpaceError(f"{what}: log=true needs low > 0; got low={low}")
-    for end, v in (("low", low), ("high", high)):
-        _check_value(base, key, v, cond_overrides, f"{what}: {end}={v}")
-    return ParamSpec(name=name, key=key, type=typ, low=low, high=high, log=log, step=step, condition=condition)
-
-
-def _check_value(base: TrainConfig, key: str, value: Any, cond: Mapping[str, Any], what: str) -> None:
-    """Reuse TrainConfig.validate on a range endpoint / choice, with its condition applied (one rule set)."""
-    try:
-        apply_overrides(base, {**cond, key: value}).validate()
-    except ConfigError as exc:
-        raise SearchSpaceError(f"{what} is outside what the config allows: {exc}") from None
-
-
-def _parse_condition(raw: Any, what: str, earlier_keys: list[str]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, Mapping) or not raw:
-        raise SearchSpaceError(f"{what}: condition must be a mapping like {{method.name: twohead_full}}; got {raw!r}")
-    out = []
-    for ck, allowed in raw.items():
-        ckey = _resolve_key(str(ck), f"{what}: condition on {ck!r}")
-        values = tuple(allowed) if isinstance(allowed, list) else (allowed,)
-        if not values:
-            raise SearchSpaceError(f"{what}: condition on {ck!r} lists no values")
-        out.append((ckey, values))
-    return tuple(out)
-
-
-def _parse_search(raw: Any, where: str) -> SearchSettings:
-    what = f"{where}: search"
-    if not isinstance(raw, Mapping):
-        raise SearchSpaceError(f"{what} must be a mapping with keys {', '.join(_SEARCH_KEYS)}")
-    _no_unknown(raw, _SEARCH_KEYS, what)
-    asha_raw = raw.get("asha")
-    asha = None
-    if asha_raw not in (None, False):
-        if asha_raw is True:
-            asha_raw = {}
-        if not isinstance(asha_raw, Mapping):
-            raise SearchSpaceError(f"{what}.asha must be a mapping with keys {', '.join(_ASHA_KEYS)} (or false)")
-        _no_unknown(asha_raw, _ASHA_KEYS, f"{what}.asha")
-        asha = AshaSpec(
-            grace_period=int(_number(asha_raw.get("grace_period", 1), f"{what}.asha.grace_period", True)),
-            reduction_factor=float(_number(asha_raw.get("reduction_factor", 3), f"{what}.asha.reduction_factor", False)),
-            max_t=int(_number(asha_raw.get("max_t", 0), f"{what}.asha.max_t", True)),
-        )
-    d = SearchSettings()
-    return SearchSettings(
-        num_samples=int(_number(raw.get("num_samples", d.num_samples), f"{what}.num_samples", True)),
-        max_concurrent=int(_number(raw.get("max_concurrent", d.max_concurrent), f"{what}.max_concurrent", True)),
-        seed=int(_number(raw.get("seed", d.seed), f"{what}.seed", True)),
-        n_startup_trials=int(_number(raw.get("n_startup_trials", d.n_startup_trials), f"{what}.n_startup_trials", True)),
-        asha=asha,
-    )
-
-
-def _parse_resources(raw: Any, where: str) -> Resources:
-    what = f"{where}: resources"
-    if not isinstance(raw, Mapping):
-        raise SearchSpaceError(f"{what} must be a mapping with keys {', '.join(_RESOURCE_KEYS)}")
-    _no_unknown(raw, _RESOURCE_KEYS, what)
-    d = Resources()
-    return Resources(
-        cpus_per_trial=float(_number(raw.get("cpus_per_trial", d.cpus_per_trial), f"{what}.cpus_per_trial", False)),
-        gpus_per_trial=float(_number(raw.get("gpus_per_trial", d.gpus_per_trial), f"{what}.gpus_per_trial", False)),
-        workers_per_trial=int(_number(raw.get("workers_per_trial", d.workers_per_trial), f"{what}.workers_per_trial", True)),
-    )
+def _reference(spec: SearchSpec, label: str, given: Mapping[str, Any]) -> Reference:
+    """Every active parameter's value under the reference: given, or the base config's (which must be in range)."""
+    what = f"{spec.source}: reference {label!r}"
+    names = {p.name for p in spec.params}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise SearchSpaceError(f"{what}: parameters {unknown} are not searched; searched: {sorted(names)}")
+    values: dict[str, Any] = {}
+    drawn: dict[str, Any] = {}
+    for p in spec.params:
+        if not is_active(p, drawn, spec.base):
+            if p.name in given:
+                raise SearchSpaceError(f"{what}: parameter {p.name!r} is not sampled under the reference's other values")
+            continue
+        v = given[p.name] if p.name in given else config_value(spec.base, p.key)
+        if not p.contains(v):
+            rng = list(p.choices) if p.type == "categorical" else f"[{p.low}, {p.high}]"
+            src = "" if p.name in given else " (not given: the base config's value)"
+            raise SearchSpaceError(f"{what}: {p.name}={v!r}{src} is outside the parameter's range {rng}")
+        values[p.name] = v
+        drawn[p.key] = v
+    spec.trial_config(values)  # a reference that gives an invalid config is refused here
+    return Reference(label=label, params=values, given=dict(given))
 
 
 # ------------------------------------------------------------------------------------------- validation
 def _validate_spec(spec: SearchSpec) -> None:
     where = spec.source
-    # The choice of configuration must never see the test set (test_* is reported, never optimised).
-    if spec.metric.startswith("test_"):
-        raise SearchSpaceError(
-            f"{where}: metric={spec.metric!r} is a test metric; a search may only optimise a validation metric: {', '.join(VAL_METRICS)}"
-        )
-    if spec.metric not in VAL_METRICS:
-        raise SearchSpaceError(f"{where}: metric={spec.metric!r} is unknown; allowed: {', '.join(VAL_METRICS)}")
-    if spec.mode not in ("max", "min"):
-        raise SearchSpaceError(f"{where}: mode={spec.mode!r} must be max or min")
     b = spec.base
     # ImageNet-LT ships an official validation list; the others carve val_per_class images from train.
     if b.data.dataset not in ("imagenet-lt",) and b.data.val_per_class <= 0:
@@ -576,40 +375,18 @@ def _validate_spec(spec: SearchSpec) -> None:
         raise SearchSpaceError(
             f"{where}: data.val_per_class cannot be searched: it changes the validation set the metric is measured on"
         )
-
-    s = spec.search
-    if s.num_samples < 1:
-        raise SearchSpaceError(f"{where}: search.num_samples={s.num_samples} must be >= 1")
-    if s.max_concurrent < 1:
-        raise SearchSpaceError(f"{where}: search.max_concurrent={s.max_concurrent} must be >= 1")
-    if s.n_startup_trials < 0:
-        raise SearchSpaceError(f"{where}: search.n_startup_trials={s.n_startup_trials} must be >= 0")
-    if s.asha is not None:
-        a, max_t = s.asha, spec.max_epochs
+    if spec.search.asha is not None:
+        a, max_t = spec.search.asha, spec.max_epochs
         if any(p.key == "optim.epochs" for p in spec.params) and not a.max_t:
             raise SearchSpaceError(f"{where}: optim.epochs is searched: set search.asha.max_t to the largest epoch count")
-        if a.max_t < 0 or max_t < 1:
-            raise SearchSpaceError(f"{where}: search.asha.max_t={a.max_t} must be >= 1 (0 = the base optim.epochs)")
         if not 1 <= a.grace_period <= max_t:
             raise SearchSpaceError(f"{where}: search.asha.grace_period={a.grace_period} must be in [1, max_t={max_t}] (epochs)")
-        if a.reduction_factor <= 1:
-            raise SearchSpaceError(f"{where}: search.asha.reduction_factor={a.reduction_factor} must be > 1")
-
-    r = spec.resources
-    if r.cpus_per_trial <= 0:
-        raise SearchSpaceError(f"{where}: resources.cpus_per_trial={r.cpus_per_trial} must be > 0")
-    if r.gpus_per_trial < 0:
-        raise SearchSpaceError(f"{where}: resources.gpus_per_trial={r.gpus_per_trial} must be >= 0")
-    if r.gpus_per_trial > 1 and not float(r.gpus_per_trial).is_integer():
-        # Ray only packs fractions of ONE GPU; more than one must be whole cards.
-        raise SearchSpaceError(f"{where}: resources.gpus_per_trial={r.gpus_per_trial}: above 1 it must be a whole number of GPUs")
-    if r.workers_per_trial < 1:
-        raise SearchSpaceError(f"{where}: resources.workers_per_trial={r.workers_per_trial} must be >= 1")
     if not spec.study_name or "/" in spec.study_name or spec.study_name in (".", ".."):
         raise SearchSpaceError(f"{where}: study name {spec.study_name!r} must be a plain name (it names a folder)")
 
     # A condition that can never hold makes a parameter that is never sampled: almost always a mistake.
     searched = {p.key: p for p in spec.params}
+    order = [q.key for q in spec.params]
     for p in spec.params:
         for key, allowed in p.condition:
             if key in searched and searched[key].type == "categorical":
@@ -617,16 +394,15 @@ def _validate_spec(spec: SearchSpec) -> None:
             elif key in searched:
                 reachable = True
             else:
-                reachable = _get(b, key) in allowed
+                reachable = config_value(b, key) in allowed
             if not reachable:
                 warnings.warn(
                     f"{where}: parameter {p.name!r} is only sampled when {key} in {list(allowed)}, which never holds "
-                    f"(base {key}={_get(b, key)!r}{'' if key not in searched else ', searched choices ' + str(list(searched[key].choices))})",
+                    f"(base {key}={config_value(b, key)!r}{'' if key not in searched else ', searched choices ' + str(list(searched[key].choices))})",
                     SearchSpaceWarning,
                     stacklevel=3,
                 )
-        for key, _ in p.condition:
-            if key in searched and [q.key for q in spec.params].index(key) > [q.key for q in spec.params].index(p.key):
+            if key in searched and order.index(key) > order.index(p.key):
                 raise SearchSpaceError(
                     f"{where}: parameter {p.name!r}: condition on {key} refers to a parameter declared after it; declare {searched[key].name!r} first"
                 )

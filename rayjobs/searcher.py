@@ -6,11 +6,18 @@ only Optuna's public API:
 
 - ``suggest``: ``study.ask()``, the define-by-run space (:meth:`SearchSpec.suggest`), user attributes
   ``tune_trial_id`` / ``experiment`` (or a trial a killed driver asked for after its last snapshot, adopted);
-- ``on_trial_result``: the validation metric as the intermediate value **at step = epoch** (only epochs that ran a
-  validation pass carry it), plus the trial's ``data_uri`` / ``labels_uri`` once;
-- ``on_trial_complete``: ``study.tell`` with the true state: COMPLETE (the trial trained all its epochs), PRUNED
-  (stopped early by the scheduler; Optuna stores the last intermediate value as its value, so TPE ranks it
-  correctly and optuna-dashboard shows it as pruned), FAIL (an error after the retry budget).
+- ``on_trial_result``: the trial's search score (:mod:`rayjobs.objectives`: its chosen variant's objective value, or
+  the scalarised objectives of a Pareto search) as the intermediate value **at step = epoch** (only epochs that
+  ran a validation pass carry it; a multi-objective study keeps them in the user attribute ``search_scores``,
+  :func:`record_score`), plus the trial's ``data_uri`` / ``labels_uri`` once;
+- ``on_trial_complete``: ``study.tell`` with the true state: COMPLETE (the trial trained all its epochs; its values
+  are the chosen variant's objectives), PRUNED (stopped early by the scheduler; a one-objective study stores the
+  last intermediate value as its value, so TPE ranks it correctly and optuna-dashboard shows it as pruned; a
+  multi-objective study stores no values for it), FAIL (an error after the retry budget). User attributes: the
+  raw validation metrics of the configured reading (``val_top1``, ...), the chosen variant (``chosen_variant``,
+  ``chosen/val_*``), and from the trial's run folder the per-class validation recall of both
+  (``val_per_class_recall``, ``val_per_class_recall_raw``), the training images per class (``class_counts``) and,
+  for a finished trial, its test metrics under the chosen variant (``chosen/test_*``, reported, never compared).
 
 While the driver is being interrupted (Ctrl-C / SIGTERM, :data:`INTERRUPTED`), nothing is told: the running trials
 stay RUNNING in the study, Tune's last experiment snapshot has them as unfinished, and the rerun continues them
@@ -23,16 +30,31 @@ Pickled state (``tuner.pkl``, ``searcher-state-*.pkl``) holds the Tune-id -> tri
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
 import pickle
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ray.tune.search import Searcher
 
-__all__ = ["INTERRUPTED", "RECORDED", "StudySearcher", "outcome", "reconcile"]
+from rayjobs import storage as store
+from rayjobs.objectives import ASHA_KEY, CHOICE_KEY, CHOSEN_PREFIX, SCORE_KEY, TrialScoring, scoring_for
+
+__all__ = [
+    "INTERRUPTED",
+    "RECORDED",
+    "StudySearcher",
+    "fail_orphans",
+    "outcome",
+    "reconcile",
+    "record_score",
+    "run_attrs",
+    "tell",
+]
 
 log = logging.getLogger("rayjobs.search")
 
@@ -46,10 +68,13 @@ RECORDED = (
     "val_many",
     "val_medium",
     "val_few",
+    "val_worst_class",
+    "val_ece",
     "test_top1",
     "test_many",
     "test_medium",
     "test_few",
+    "test_worst_class",
     "train_img_per_s",
     "run_dir",
     "data_uri",
@@ -61,25 +86,66 @@ RECORDED = (
 _ONCE = ("data_uri", "labels_uri", "run_dir")
 
 
-def outcome(result: dict | None, metric: str, error: bool) -> tuple[str, float | None]:
-    """(Optuna state name, value) of a finished Tune trial from its last result."""
+def outcome(result: dict | None, metrics: Sequence[str], error: bool) -> tuple[str, list[float] | None]:
+    """(Optuna state name, objective values) of a finished Tune trial from its last result."""
     if error:
         return "FAIL", None
     if not result:
         return "PRUNED", None
     # Not Tune's "done": it is also set on the last result of a trial the scheduler stopped.
-    value = result.get(metric)
+    values = [result.get(CHOSEN_PREFIX + m) for m in metrics]
     epochs, total = result.get("epoch"), result.get("epochs_total")
-    if epochs is not None and total is not None and int(epochs) >= int(total) and value is not None:
-        return "COMPLETE", float(value)
+    if epochs is not None and total is not None and int(epochs) >= int(total) and all(v is not None for v in values):
+        return "COMPLETE", [float(v) for v in values]
     return "PRUNED", None
+
+
+def _rounded(values: Sequence[float | None] | None) -> list[float | None] | None:
+    return None if values is None else [None if v is None else round(float(v), 2) for v in values]
+
+
+def run_attrs(run_dir: str, epoch: int, scoring: TrialScoring) -> dict[str, Any]:
+    """What a trial's run folder adds to its record: the choice at its last validated epoch up to ``epoch`` (from
+    ``history.jsonl``), the per-class validation recall of the chosen variant and of the raw reading, the class
+    counts, and for a finished run the test metrics under the chosen variant (``metrics.json``). Empty when the
+    folder cannot be read (the attributes of the Tune result stay)."""
+    from rayjobs.reporting import flat_scalars
+
+    try:
+        text = store.read_bytes(store.join(run_dir, "history.jsonl")).decode()
+        lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+    except (OSError, ValueError, store.StorageError) as exc:
+        log.info("no history in %s (%s): per-class attributes not recorded", run_dir, exc)
+        return {}
+    validated = [h for h in lines if "val_top1" in h and int(h.get("epoch", 0)) <= int(epoch)]
+    if not validated:
+        return {}
+    line = validated[-1]
+    fields = scoring.fields(flat_scalars(line))
+    out: dict[str, Any] = {k: v for k, v in fields.items() if k not in (SCORE_KEY, ASHA_KEY)}
+    variant = fields.get(CHOICE_KEY)
+    per_class = line.get("val_per_class") or {}
+    recall = per_class.get("recall") or {}
+    if per_class.get("counts") is not None:
+        out["class_counts"] = [int(c) for c in per_class["counts"]]
+    if variant in recall:
+        out["val_per_class_recall"] = _rounded(recall[variant])
+    if scoring.default in recall:
+        out["val_per_class_recall_raw"] = _rounded(recall[scoring.default])
+    try:
+        final = json.loads(store.read_bytes(store.join(run_dir, "metrics.json")))
+    except (OSError, ValueError, store.StorageError):
+        return out
+    for k, v in scoring.variants(flat_scalars(final), "test").get(variant, {}).items():
+        out[CHOSEN_PREFIX + k] = v
+    return out
 
 
 class StudySearcher(Searcher):
     """A Tune searcher over an Optuna study (see the module docstring)."""
 
     def __init__(self, spec: Any, *, storage_env: str, experiment: str, sampler: Any):
-        super().__init__(metric=spec.metric, mode=spec.mode)
+        super().__init__(metric=SCORE_KEY, mode=spec.score_mode)
         self._spec = spec
         self._storage_env = storage_env
         self._experiment = experiment
@@ -185,14 +251,15 @@ class StudySearcher(Searcher):
         self._intermediate(number, result)
 
     def _intermediate(self, number: int, result: dict) -> None:
-        """The validation metric of ``result`` as the trial's intermediate value at step = epoch."""
+        """The search score of ``result`` at step = epoch: the trial's intermediate value, or in a multi-objective
+        study its ``search_scores`` user attribute (:func:`record_score`)."""
         import optuna
 
-        value, epoch = result.get(self.metric), result.get("epoch")
+        value, epoch = result.get(SCORE_KEY), result.get("epoch")
         if value is None or epoch is None:
             return
         try:
-            self._live["storage"].set_trial_intermediate_value(self._trial_id(number), int(epoch), float(value))
+            record_score(self._live["storage"], self._trial_id(number), self._spec.multi, int(epoch), float(value))
         except optuna.exceptions.UpdateFinishedTrialError:
             log.info("Optuna trial #%d already finished in the study; keeping its record", number)
 
@@ -206,28 +273,63 @@ class StudySearcher(Searcher):
         if result and not error:
             # The last result of a trial reaches the searcher here only (not through on_trial_result).
             self._intermediate(number, result)
-        tell(study, number, result, self.metric, error, set_attr=lambda k, v: self._set_attr(number, k, v))
+        params = self._live["storage"].get_trial(self._trial_id(number)).params
+        tell(study, number, result, self._spec, error, lambda k, v: self._set_attr(number, k, v), params)
         if self.on_change is not None:
             self.on_change()
 
 
-def tell(study: Any, number: int, result: dict | None, metric: str, error: bool, set_attr: Callable[[str, Any], None]) -> str:
-    """Record the end of Optuna trial ``number`` from Tune's last ``result``; returns the state told."""
+def tell(
+    study: Any,
+    number: int,
+    result: dict | None,
+    spec: Any,
+    error: bool,
+    set_attr: Callable[[str, Any], None],
+    params: dict[str, Any],
+) -> str:
+    """Record the end of Optuna trial ``number`` (sampled ``params``) of search ``spec`` from Tune's last ``result``;
+    returns the state told."""
     from optuna.trial import TrialState
 
-    state, value = outcome(result, metric, error)
+    state, values = outcome(result, spec.metrics, error)
+    result = result or {}
     for key in RECORDED:
-        if result and result.get(key) is not None:
+        if result.get(key) is not None:
             set_attr("epochs" if key == "epoch" else key, result[key])
+    for key, v in result.items():
+        if key == CHOICE_KEY or key.startswith(CHOSEN_PREFIX):
+            set_attr(key, v)
+    if result.get("run_dir") and result.get("epoch") is not None and not error:
+        try:
+            scoring = scoring_for(spec, spec.trial_config(params))
+        except ValueError as exc:  # parameters of another search space: keep what the result says
+            log.info("trial #%d: %s", number, exc)
+        else:
+            for key, v in run_attrs(result["run_dir"], int(result["epoch"]), scoring).items():
+                set_attr(key, v)
     if state == "COMPLETE":
-        study.tell(number, value, skip_if_finished=True)
+        study.tell(number, values, skip_if_finished=True)
     else:
-        # PRUNED: Optuna takes the last intermediate value (the validation metric of the last validated epoch).
+        # PRUNED: a one-objective study takes the last intermediate value (the score of the last validated epoch).
         study.tell(number, state=TrialState[state], skip_if_finished=True)
     return state
 
 
-def reconcile(study: Any, storage: Any, experiment: str, results: Iterable[Any], metric: str) -> int:
+def record_score(storage: Any, trial_id: int, multi: bool, epoch: int, score: float) -> None:
+    """Record a trial's search score at ``epoch``. One objective: its intermediate value (Optuna's learning curve,
+    and the value of a PRUNED trial). Several: the user attribute ``search_scores`` ({epoch: score}), because Optuna
+    has no intermediate values for multi-objective trials (``Trial.report`` refuses them; its TPE sampler reads a
+    pruned trial's intermediate value as a one-objective score and fails on such a study)."""
+    if not multi:
+        storage.set_trial_intermediate_value(trial_id, epoch, score)
+        return
+    scores = dict(storage.get_trial(trial_id).user_attrs.get("search_scores") or {})
+    scores[str(epoch)] = score
+    storage.set_trial_user_attr(trial_id, "search_scores", dict(sorted(scores.items(), key=lambda kv: int(kv[0]))))
+
+
+def reconcile(study: Any, storage: Any, experiment: str, results: Iterable[Any], spec: Any) -> int:
     """Tell the study how the trials it still has RUNNING ended, from Tune's ``results`` (a ResultGrid); returns
     how many were settled. Trials of other experiments are left alone."""
     import optuna
@@ -248,12 +350,31 @@ def reconcile(study: Any, storage: Any, experiment: str, results: Iterable[Any],
             continue
         m, error = dict(r.metrics or {}), r.error is not None
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        epoch, value = m.get("epoch"), m.get(metric)
-        if not error and epoch is not None and value is not None and int(epoch) not in t.intermediate_values:
+        epoch, value = m.get("epoch"), m.get(SCORE_KEY)
+        seen = t.intermediate_values if not spec.multi else {int(k) for k in t.user_attrs.get("search_scores") or {}}
+        if not error and epoch is not None and value is not None and int(epoch) not in seen:
             try:
-                storage.set_trial_intermediate_value(tid, int(epoch), float(value))
+                record_score(storage, tid, spec.multi, int(epoch), float(value))
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
-        tell(study, t.number, m, metric, error, set_attr=lambda k, v, tid=tid: storage.set_trial_user_attr(tid, k, v))
+        tell(study, t.number, m, spec, error, lambda k, v, tid=tid: storage.set_trial_user_attr(tid, k, v), dict(t.params))
         n += 1
+    return n
+
+
+def fail_orphans(study: Any, experiment: str, started: datetime.datetime) -> int:
+    """Mark FAIL the trials a killed driver left RUNNING that no Tune trial will ever continue; returns how many.
+
+    Called once ``Tuner.fit`` returned normally and the study was reconciled with Tune's results: a RUNNING trial
+    is then an orphan when it is tagged with this experiment, or has no tag and began before this driver (the
+    driver was killed between Optuna's ``ask`` and the tagging). Trials of other experiments are left alone."""
+    from optuna.trial import TrialState
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ours = t.user_attrs.get("experiment") == experiment
+        untagged = "experiment" not in t.user_attrs and t.datetime_start is not None and t.datetime_start < started
+        if ours or untagged:
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            n += 1
     return n

@@ -94,12 +94,14 @@ class StudyStorage:
         return Path(self.url[len("sqlite:///") :]) if self.url.startswith("sqlite:///") else None
 
 
-def study_storage(arg: str | None, out_dir: str | Path, study_name: str) -> StudyStorage:
+def study_storage(arg: str | None, out_dir: str | Path, study_name: str, *, export: bool = True) -> StudyStorage:
     """Resolve ``--storage`` (``None``: SQLite in ``out_dir``; ``env:NAME``; a URL) and export it to
-    :data:`DRIVER_ENV` (or keep ``NAME``) in this process only."""
+    :data:`DRIVER_ENV` (or keep ``NAME``) in this process only; ``export=False`` for another search's study
+    (a warm start's source), which must not replace this search's."""
     if arg is None or arg == "default":
         url = default_storage_url(out_dir, study_name)
-        os.environ[DRIVER_ENV] = url
+        if export:
+            os.environ[DRIVER_ENV] = url
         return StudyStorage(url, "default", DRIVER_ENV)
     if arg.startswith("env:"):
         name = arg[4:]
@@ -112,7 +114,8 @@ def study_storage(arg: str | None, out_dir: str | Path, study_name: str) -> Stud
                 "storage URL where this command runs (for a Ray job: in the cluster nodes' environment)"
             )
         return StudyStorage(url, arg, name)
-    os.environ[DRIVER_ENV] = arg
+    if export:
+        os.environ[DRIVER_ENV] = arg
     return StudyStorage(arg, display_url(arg), DRIVER_ENV)
 
 
@@ -149,41 +152,50 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def open_study(url: str, spec: SearchSpec, *, create: bool = True, storage: Any = None, sampler: Any = None) -> optuna.Study:
-    """Load or create the study named ``spec.study_name``; refuse one made for another direction or metric.
+    """Load or create the study named ``spec.study_name``; refuse one made for other directions or objectives.
 
     The check runs before any trial: Optuna's ``load_if_exists`` would otherwise silently reuse a study whose
-    direction is the opposite of ``spec.mode`` and mix the two searches.
+    direction is the opposite of ``spec.mode`` and mix the two searches. A new study is given its objectives'
+    names (``set_metric_names``: optuna-dashboard labels its axes and Pareto front with them).
     """
     import optuna
-    from optuna.study import StudyDirection
 
     storage = storage or open_storage(url)
-    want = StudyDirection.MAXIMIZE if spec.mode == "max" else StudyDirection.MINIMIZE
+    want = [o.direction for o in spec.objectives]
     try:
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     except Exception as exc:  # noqa: BLE001
         raise SearchError(f"cannot read studies from {display_url(url)}: {type(exc).__name__}: {exc}") from None
     found = existing.get(spec.study_name)
     if found is not None:
-        if list(found.directions) != [want]:
-            have = "/".join(d.name.lower() for d in found.directions)
+        have = [d.name.lower() for d in found.directions]
+        if have != want:
+            this = f"mode={spec.mode} ({want[0]})" if len(want) == 1 else f"objectives {spec.metrics} ({'/'.join(want)})"
             raise SearchError(
-                f"study {spec.study_name!r} in {display_url(url)} exists with direction {have}, but this search is "
-                f"mode={spec.mode} ({want.name.lower()}); use another --study-name or storage"
+                f"study {spec.study_name!r} in {display_url(url)} exists with direction {'/'.join(have)}, but this search "
+                f"is {this}; use another --study-name or storage"
             )
-        metric = found.user_attrs.get("metric")
-        if metric is not None and metric != spec.metric:
+        metrics = found.user_attrs.get("objectives") or ([found.user_attrs["metric"]] if "metric" in found.user_attrs else None)
+        if metrics is not None and list(metrics) != spec.metrics:
+            shown = metrics[0] if len(metrics) == 1 else metrics
+            mine = spec.metric if not spec.multi else spec.metrics
             raise SearchError(
-                f"study {spec.study_name!r} in {display_url(url)} optimises {metric!r}, this search {spec.metric!r}; "
+                f"study {spec.study_name!r} in {display_url(url)} optimises {shown!r}, this search {mine!r}; "
                 "use another --study-name or storage"
             )
     elif not create:
         raise SearchError(f"study {spec.study_name!r} not found in {display_url(url)}; it holds {sorted(existing) or 'no study'}")
     study = optuna.create_study(
-        storage=storage, study_name=spec.study_name, direction=want.name.lower(), load_if_exists=True, sampler=sampler
+        storage=storage, study_name=spec.study_name, directions=want, load_if_exists=True, sampler=sampler
     )
     if found is None:
+        import warnings
+
         study.set_user_attr("metric", spec.metric)
+        study.set_user_attr("objectives", spec.metrics)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since Optuna 3.2
+            study.set_metric_names(spec.metrics)
     return study
 
 
@@ -234,15 +246,11 @@ def _space_dict(spec: SearchSpec) -> dict[str, Any]:
     """The spec in the YAML form :func:`rayjobs.search_space.load_search_space` reads, base fully resolved."""
     d = spec.to_dict()
     flat = {f"{section}.{k}": v for section, values in d["base"].items() for k, v in values.items()}
-    return {
-        "study_name": d["study_name"],
-        "base": {"set": flat},
-        "metric": d["metric"],
-        "mode": d["mode"],
-        "params": d["params"],
-        "search": d["search"],
-        "resources": d["resources"],
-    }
+    out = {"study_name": d["study_name"], "base": {"set": flat}}
+    for key in ("metric", "mode", "objectives", "posthoc", "params", "reference", "search", "resources"):
+        if key in d:
+            out[key] = d[key]
+    return out
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -261,30 +269,50 @@ def _read_text(root: str, name: str) -> str | None:
 
 
 def save_record(
-    root: str, spec: SearchSpec, meta: dict[str, Any], *, mirror: Path | None = None, check_only: bool = False
-) -> None:
+    root: str,
+    spec: SearchSpec,
+    meta: dict[str, Any],
+    *,
+    mirror: Path | None = None,
+    check_only: bool = False,
+    extend: bool = False,
+) -> int | None:
     """Record the search at ``root`` (first run) or check that a rerun is the same search (resume); mirror both
     files into ``mirror``. Resources may change between runs (they only affect scheduling); anything else that
     differs would mix two searches in one study and one Tune experiment, so it is refused with the differences.
-    ``check_only`` checks without writing (run before anything else is touched)."""
+    ``extend``: a rerun may raise ``search.num_samples`` (nothing else), which extends the search; the record then
+    holds the new count. ``check_only`` checks without writing (run before anything else is touched).
+
+    Returns the ``num_samples`` recorded before this run (None for a new record)."""
     import yaml
 
     from rayjobs.search_space import parse_search_space
 
     new = _space_dict(spec)
-    for where in [root] + ([str(mirror)] if mirror is not None and str(mirror) != root else []):
+    before: int | None = None
+    places = [root] + ([str(mirror)] if mirror is not None and str(mirror) != root else [])
+    for where in places:
         old_text = _read_text(where, SPACE_FILE)
         if old_text is not None:
             old = _flatten(_space_dict(parse_search_space(yaml.safe_load(old_text), source=store.join(where, SPACE_FILE))))
             cur = _flatten(new)
             diff = [k for k in sorted(set(old) | set(cur)) if not k.startswith("resources.") and old.get(k) != cur.get(k)]
+            n_old, n_new = old["search.num_samples"], cur["search.num_samples"]
+            if extend and diff == ["search.num_samples"]:
+                if n_new < n_old:
+                    raise SearchError(
+                        f"{where} holds this search with num_samples={n_old}; a rerun may only raise it (extend the "
+                        f"search), not lower it to {n_new}: pass --num-samples {n_old} to resume it"
+                    )
+                diff = []
             if diff:
                 detail = "; ".join(f"{k.replace('base.set.', 'base ')}: {old.get(k)!r} -> {cur.get(k)!r}" for k in diff)
                 raise SearchError(
                     f"{where} holds a different search ({store.join(where, SPACE_FILE)}); a resumed search must use the "
-                    f"same space and options (only resources may change). Differences: {detail}. Use another --out "
-                    "(or --storage-path / --study-name) for a new search."
+                    f"same space and options (only resources may change{', and --num-samples grow' if extend else ''}). "
+                    f"Differences: {detail}. Use another --out (or --storage-path / --study-name) for a new search."
                 )
+            before = n_old if before is None else before
         old_meta_text = _read_text(where, META_FILE)
         old_meta = json.loads(old_meta_text) if old_meta_text else {}
         for key, what in (("storage", "--storage"), ("data", "--data")):
@@ -292,15 +320,22 @@ def save_record(
                 raise SearchError(
                     f"{where} was searched with {what} {old_meta[key]}, now {meta.get(key)}; pass the same {what} to resume"
                 )
+        warm = meta.get("warm_start")
+        if warm is not None and old_meta.get("warm_start") not in (None, warm):
+            raise SearchError(
+                f"{where} was warm-started from {old_meta['warm_start']}, now --warm-start {warm}; a warm start only "
+                "seeds a new search: rerun without --warm-start to resume it"
+            )
     if check_only:
-        return
+        return before
     space_text = yaml.safe_dump(new, sort_keys=False)
-    for where in [root] + ([str(mirror)] if mirror is not None and str(mirror) != root else []):
-        if _read_text(where, SPACE_FILE) is None:
+    for where in places:
+        if _read_text(where, SPACE_FILE) is None or (before is not None and before != spec.search.num_samples):
             store.write_bytes(store.join(where, SPACE_FILE), space_text.encode())
         old_meta_text = _read_text(where, META_FILE)
         merged = {**(json.loads(old_meta_text) if old_meta_text else {}), **meta, "record": root}
         store.write_json(store.join(where, META_FILE), merged)
+    return before
 
 
 def update_record(root: str, changes: dict[str, Any], *, mirror: Path | None = None) -> None:
@@ -333,29 +368,29 @@ def load_record(where: str | Path) -> SearchRecord:
     return SearchRecord(root=root, spec=spec, meta=meta)
 
 
-def record_storage(record: SearchRecord, arg: str | None, local_dir: Path | None) -> StudyStorage:
+def record_storage(record: SearchRecord, arg: str | None, local_dir: Path | None, *, export: bool = True) -> StudyStorage:
     """The study storage of a recorded search: ``--storage`` if given, else what the record says (``env:NAME``
     resolved again; the default SQLite file from ``local_dir`` or, failing that, from its published snapshot)."""
     if arg is not None:
-        return study_storage(arg, local_dir or Path("."), record.spec.study_name)
+        return study_storage(arg, local_dir or Path("."), record.spec.study_name, export=export)
     ref = record.meta.get("storage", "default")
     if ref.startswith("env:"):
-        return study_storage(ref, local_dir or Path("."), record.spec.study_name)
+        return study_storage(ref, local_dir or Path("."), record.spec.study_name, export=export)
     if "***" in ref:
         raise SearchError(f"the study of {record.root} is in {ref}, whose password is not recorded; pass it with --storage")
     if ref != "default":
-        return study_storage(ref, local_dir or Path("."), record.spec.study_name)
+        return study_storage(ref, local_dir or Path("."), record.spec.study_name, export=export)
     name = f"{record.spec.study_name}.db"
     if local_dir is not None and (local_dir / name).is_file():
-        return study_storage(None, local_dir, record.spec.study_name)
+        return study_storage(None, local_dir, record.spec.study_name, export=export)
     snap = record.sqlite_snapshot
     if snap and store.exists(snap):
         target = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="twohead-study-"))
         fetch_sqlite(snap, target / name)
-        return study_storage(None, target, record.spec.study_name)
+        return study_storage(None, target, record.spec.study_name, export=export)
     local = record.meta.get("sqlite_local")
     if local and Path(local).is_file():
-        return study_storage(None, Path(local).parent, record.spec.study_name)
+        return study_storage(None, Path(local).parent, record.spec.study_name, export=export)
     raise SearchError(
         f"the SQLite study of {record.root} is not there ({name} in the search folder, no published snapshot); "
         "pass --storage if it was moved"

@@ -14,6 +14,11 @@
   (the driver died before recording it) reports that run again instead of retraining.
 - **Multi-GPU trials** (``workers_per_trial > 1``) run a ``TorchTrainer`` named after the trial id (so a restarted
   trial resumes it) whose workers are ``rayjobs.train``'s, reporting through ``TuneReportCallback``.
+- **Scores.** Every result a trial reports carries its scoring (:mod:`rayjobs.objectives`): the reading / post-hoc
+  variant chosen on this epoch's validation, its objective values, the search score, and the ASHA metric from the
+  trial's first comparable epoch on (after its deferred re-weighting epoch for DRW methods). The fields are added
+  in the trial process, by the reporter of a single-worker trial or the ``TuneReportCallback`` of a multi-worker
+  one, so the scheduler and the searcher read the same numbers as ``progress.csv``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 from ray import tune
 
 from rayjobs import storage
+from rayjobs.objectives import TrialScoring, scoring_for
 from rayjobs.reporting import TrainReporter, TuneReporter
 from twohead.config import TrainConfig, apply_overrides
 
@@ -47,6 +53,34 @@ class TrialJob:
     service: Any = None  # the search's DataService actor with --data
     fault: dict | None = None  # fault drill: {"at_epoch": k, "mode": "kill" | "raise"}
     params: dict = field(default_factory=dict)  # --retrain-best: the best trial's parameters
+
+
+class ScoredTuneReporter(TuneReporter):
+    """A single-worker trial's reporter: each result also carries the trial's scoring fields."""
+
+    def __init__(self, *args: Any, scoring: TrialScoring, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.scoring = scoring
+
+    def _report(self, metrics: dict, checkpoint: Any = None) -> None:
+        super()._report({**metrics, **self.scoring.fields(metrics)}, checkpoint)
+
+
+def _scored_callback(scoring: TrialScoring) -> Any:
+    """``TuneReportCallback`` of a multi-worker trial that adds the scoring fields to rank 0's metrics."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ScoredTuneReportCallback(TuneReportCallback):
+        def __init__(self, scoring: TrialScoring):
+            super().__init__()
+            self.scoring = scoring
+
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            if metrics:
+                metrics = [{**metrics[0], **self.scoring.fields(metrics[0])}, *metrics[1:]]
+            super().after_report(run_context, metrics, checkpoint)
+
+    return ScoredTuneReportCallback(scoring)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -114,9 +148,10 @@ def _fit_in_trial(cfg: TrainConfig, job: TrialJob) -> None:
         labels_url = request_labels(job.service, cfg)
         extra.update(data_uri=job.plan.url, **({"labels_uri": labels_url} if labels_url else {}))
 
+    scoring = scoring_for(job.spec, cfg)
     done = finished_run(run_url, cfg)
-    if done is not None:
-        TuneReporter(None, upload_url=run_url, extra=extra).report(done, None)  # nothing to upload: it is there
+    if done is not None:  # nothing to upload: it is there
+        ScoredTuneReporter(None, upload_url=run_url, extra=extra, scoring=scoring).report(done, None)
         return
     res = job.spec.resources
     if res.workers_per_trial == 1:
@@ -132,17 +167,24 @@ def _fit_in_trial(cfg: TrainConfig, job: TrialJob) -> None:
 
             data = build_data(cfg.data)  # what the loop would do itself; timed for the data start-up figure
             extra["data_start_s"] = time.perf_counter() - t0
-        reporter = TuneReporter(run_dir, upload_url=run_url, extra=extra, fault=fault)
+        reporter = ScoredTuneReporter(run_dir, upload_url=run_url, extra=extra, fault=fault, scoring=scoring)
         fit(cfg, out_dir=run_dir, data=data, train_source=source, reporter=reporter)
         return
-    _torch_trainer(cfg, job, run_url, labels_url, extra, fault).fit()
+    _torch_trainer(cfg, job, run_url, labels_url, extra, fault, scoring).fit()
 
 
-def _torch_trainer(cfg: TrainConfig, job: TrialJob, run_url: str, labels_url: str | None, extra: dict, fault: dict | None):
+def _torch_trainer(
+    cfg: TrainConfig,
+    job: TrialJob,
+    run_url: str,
+    labels_url: str | None,
+    extra: dict,
+    fault: dict | None,
+    scoring: TrialScoring,
+):
     """The DDP TorchTrainer of a multi-GPU trial (named after the trial, in the trial's storage folder)."""
     import ray.train
     from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     res = job.spec.resources
     ctx = tune.get_context()
@@ -185,7 +227,7 @@ def _torch_trainer(cfg: TrainConfig, job: TrialJob, run_url: str, labels_url: st
             storage_path=trial_storage.trial_fs_path,
             storage_filesystem=trial_storage.storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
+            callbacks=[_scored_callback(scoring)],
         ),
         datasets=datasets,
     )

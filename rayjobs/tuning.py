@@ -1,11 +1,11 @@
-"""Ray Tune plumbing of a search and of its retraining: resources, run config, restore, the tuner, signals.
+"""Ray Tune plumbing of a search and of its retraining: resources, data plan, run config, restore, the tuner, signals.
 
 - Resources: a single-worker trial holds ``cpus_per_trial`` / ``gpus_per_trial`` (fractions pack trials on a GPU);
   one that streams large images with Ray Data reserves one more CPU bundle in its placement group for decoding;
   a multi-worker trial's own process holds :data:`TRIAL_DRIVER_CPUS` and its TorchTrainer the real resources.
 - The experiment lives at ``<storage path>/<name>`` (a folder or ``s3://``), restored with ``Tuner.restore`` when it
   exists; epochs without a validation pass report no metric (``TUNE_DISABLE_STRICT_METRIC_CHECKING``), ASHA and
-  the searcher skip them.
+  the searcher skip them, and ASHA also skips a trial's epochs before its deferred re-weighting starts.
 - :func:`interrupts`: SIGINT / SIGTERM end ``Tuner.fit`` through Tune's own graceful path (SIGUSR1: a last
   experiment snapshot, then stop) and are remembered so the driver exits non-zero; a second signal stops at once.
 """
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -20,7 +21,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from rayjobs import storage as store
-from rayjobs.search_space import SearchSpec
+from rayjobs.objectives import ASHA_KEY
+from rayjobs.search_space import SearchSpaceError, SearchSpec
 from rayjobs.searcher import INTERRUPTED
 from rayjobs.study import SearchError, StudyStorage
 from rayjobs.trial import TrialJob, trial_dirname
@@ -28,8 +30,12 @@ from rayjobs.trial import TrialJob, trial_dirname
 __all__ = [
     "DEFAULT_MAX_FAILURES",
     "TRIAL_DRIVER_CPUS",
+    "asha_scheduler",
     "check_resources",
+    "data_plan",
     "interrupts",
+    "needs_thumbnails",
+    "new_sampler",
     "new_tuner",
     "restore_or_new",
     "run_config",
@@ -145,41 +151,78 @@ def new_tuner(
     root: str,
     max_failures: int,
     verbose: int,
-    snapshot: str | None,
+    *,
+    name: str | None = None,
+    num_samples: int | None = None,
+    sampler: Any = None,
 ) -> Any:
-    import optuna
+    """A new Tune run of ``num_samples`` trials (default: the space's) named ``name`` (default: the study) under
+    ``root``, proposed by a :class:`~rayjobs.searcher.StudySearcher` over the study with ``sampler`` (default: a
+    seeded TPE sampler, one- or multi-objective) and stopped early by ASHA on the trials' ASHA metric
+    (:data:`rayjobs.objectives.ASHA_KEY`: the search score, only from each trial's first comparable epoch)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from rayjobs.searcher import StudySearcher
 
-    searcher = StudySearcher(
-        spec,
-        storage_env=ss.env,
-        experiment=experiment,
-        sampler=optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=spec.search.n_startup_trials),
-    )
-    a = spec.search.asha
-    scheduler = (
-        None
-        if a is None
-        else ASHAScheduler(
-            time_attr="epoch",
-            metric=spec.metric,
-            mode=spec.mode,
-            max_t=spec.max_epochs,
-            grace_period=a.grace_period,
-            reduction_factor=a.reduction_factor,
-        )
-    )
+    searcher = StudySearcher(spec, storage_env=ss.env, experiment=experiment, sampler=sampler or new_sampler(spec))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=spec.search.num_samples,
+            scheduler=asha_scheduler(spec),
+            num_samples=num_samples or spec.search.num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
             trial_dirname_creator=trial_dirname,
         ),
-        run_config=run_config(spec.study_name, root, max_failures, verbose),
+        run_config=run_config(name or spec.study_name, root, max_failures, verbose),
     )
+
+
+def asha_scheduler(spec: SearchSpec) -> Any:
+    """ASHA over completed epochs on the trials' ASHA metric (:data:`rayjobs.objectives.ASHA_KEY`), or None."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    a = spec.search.asha
+    if a is None:
+        return None
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=ASHA_KEY,
+        mode=spec.score_mode,
+        max_t=spec.max_epochs,
+        grace_period=a.grace_period,
+        reduction_factor=a.reduction_factor,
+    )
+
+
+def new_sampler(spec: SearchSpec, seed_offset: int = 0) -> Any:
+    """Optuna's TPE sampler, seeded: one objective, or several (multi-objective TPE, Ozaki et al. 2020/2022)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=spec.search.seed + seed_offset, n_startup_trials=spec.search.n_startup_trials)
+
+
+def data_plan(spec: SearchSpec, data: str, verify: str, stream: str) -> tuple[SearchSpec, Any]:
+    """Check the dataset once; the base config's data section becomes the dataset's (a search may not vary it)."""
+    from rayjobs.dataplane import apply_manifest, manifest_keys, plan_dataset
+
+    plan = plan_dataset(data, verify=verify, stream=stream, skip_invalid=spec.base.data.skip_corrupt)
+    fixed = manifest_keys(plan.manifest_obj, spec.base)
+    bad = [p.name for p in spec.params if p.key in fixed]
+    if bad:
+        raise SearchSpaceError(
+            f"{spec.source}: parameters {bad} change the dataset, which --data {plan.url} fixes; "
+            "prepare one dataset per value instead"
+        )
+    return dataclasses.replace(spec, base=apply_manifest(spec.base, plan.manifest_obj)), plan
+
+
+def needs_thumbnails(spec: SearchSpec) -> bool:
+    """Can a trial of this search ask for k-means / hierarchical labels on the pixel embedding?"""
+    methods, embeddings = {spec.base.method.clustering}, {spec.base.method.embedding}
+    for p in spec.params:
+        if p.key == "method.clustering":
+            methods |= set(p.choices)
+        elif p.key == "method.embedding":
+            embeddings |= set(p.choices)
+    return bool(methods - {"random"}) and bool(embeddings & {"pca", "pixels"})

@@ -5,7 +5,10 @@
 
 * ``by_inference``: test top-1 of each reading the model supports (``max``, ``sum``, ``fuse``, ``fbh``; see
   :mod:`twohead.readings`), and ``by_inference_groups`` with their many / medium / few / worst-class recalls;
-* ``posthoc``: top-1 of logit adjustment and tau-normalisation on the default reading (``la_tau1.0``, ...).
+* ``posthoc``: top-1 of logit adjustment and tau-normalisation on the default reading (``la_tau1.0``, ...), and
+  ``posthoc_groups`` with their many / medium / few / worst-class recalls;
+* ``per_class_by_variant``: the per-class recall of every reading and post-hoc variant (``class_counts``: the
+  training images per class they are read against).
 
 Only per-sample predictions (and, for the default reading, confidence and the true class's probability) are kept
 between batches, never [N, C] score matrices, so ImageNet-LT's 1000 classes cost a few MB.
@@ -129,10 +132,16 @@ class Evaluator:
             pred, y, self.counts, confidence=torch.cat(self.conf).double().numpy(), p_true=torch.cat(self.p_true).double().numpy()
         )
         report["reading"] = self.default
-        groups = {r: {k: v for k, v in recall_report(preds[r], y, self.counts).items() if k in GROUP_KEYS} for r in self.readings}
-        report["by_inference"] = {r: g["top1"] for r, g in groups.items()}
-        report["by_inference_groups"] = groups
+        full = {k: recall_report(p, y, self.counts) for k, p in preds.items()}
+        groups = {k: {g: v for g, v in r.items() if g in GROUP_KEYS} for k, r in full.items()}
+        report["by_inference"] = {r: groups[r]["top1"] for r in self.readings}
+        report["by_inference_groups"] = {r: groups[r] for r in self.readings}
         report["posthoc"] = {k: float((p == y).mean() * 100.0) for k, p in preds.items() if k not in self.readings}
+        # Searches choose a trial's reading / post-hoc variant on validation for any objective (worst class, few):
+        # each variant's groups and per-class recall, and the training counts that define the groups.
+        report["posthoc_groups"] = {k: g for k, g in groups.items() if k not in self.readings}
+        report["per_class_by_variant"] = {k: r["per_class_recall"] for k, r in full.items()}
+        report["class_counts"] = self.counts.tolist()
         return report
 
 

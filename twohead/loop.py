@@ -67,11 +67,16 @@ def build_training(cfg: TrainConfig, counts, plan: DivisionPlan, device: torch.d
 
 
 def _val_entry(report: dict) -> dict:
-    """What a history line keeps of a validation report: the headline groups, every reading, every post-hoc score."""
+    """What a history line keeps of a validation report: the headline groups and ECE, every reading and post-hoc
+    variant (groups and per-class recall, with the training counts per class)."""
     entry = {f"val_{k}": report[k] for k in GROUP_KEYS}
     entry["val_by_inference"] = report["by_inference"]
     entry["val_by_inference_groups"] = report["by_inference_groups"]
     entry["val_posthoc"] = report["posthoc"]
+    entry["val_posthoc_groups"] = report["posthoc_groups"]
+    entry["val_ece"] = report["ece"]
+    # Lists: Ray reporters leave them out of results; searches read them from history.jsonl (rayjobs.objectives).
+    entry["val_per_class"] = {"counts": report["class_counts"], "recall": report["per_class_by_variant"]}
     return entry
 
 

@@ -279,7 +279,7 @@ def test_metric_needs_a_validation_split(tmp_path):
         ({"search__num_samples": 0}, "num_samples=0"),
         ({"search__max_concurrent": 0}, "max_concurrent=0"),
         ({"search__asha": {"grace_period": 500, "reduction_factor": 3}}, "grace_period=500"),
-        ({"search__asha": {"grace_period": 5, "reduction_factor": 1}}, "reduction_factor=1.0"),
+        ({"search__asha": {"grace_period": 5, "reduction_factor": 1}}, "reduction_factor=1: input should be greater than 1"),
         ({"search__asha": {"grace": 5}}, "unknown key(s) ['grace']"),
         ({"resources__gpus_per_trial": -0.5}, "gpus_per_trial=-0.5"),
         ({"resources__cpus_per_trial": 0}, "cpus_per_trial=0"),

@@ -14,6 +14,7 @@ import ray.cloudpickle
 import yaml
 from optuna.trial import TrialState
 
+from rayjobs.objectives import Objective, TrialScoring
 from rayjobs.report import select_best
 from rayjobs.search_space import load_search_space
 from rayjobs.searcher import INTERRUPTED, StudySearcher, outcome, reconcile
@@ -52,34 +53,47 @@ def url(tmp_path, spec, monkeypatch):
     return u
 
 
+# What a trial of a one-objective (val_top1) search adds to each result (rayjobs.trial): the results below are
+# made the way trials make them.
+SCORING = TrialScoring((Objective("val_top1", "max"),), default="max")
+
+
+def _r(epoch: int, val: float | None = None, **extra) -> dict:
+    """A Tune result of epoch ``epoch`` (of 3), validated when ``val`` is given, with the trial's scoring fields."""
+    r = {"epoch": epoch, "epochs_total": 3, **({"val_top1": val} if val is not None else {}), **extra}
+    return {**r, **SCORING.fields(r)}
+
+
 def _searcher(spec) -> StudySearcher:
     return StudySearcher(spec, storage_env=ENV, experiment="s3://b/search/s", sampler=optuna.samplers.TPESampler(seed=0))
 
 
 def test_outcome_of_a_last_result():
-    assert outcome({"epoch": 3, "epochs_total": 3, "val_top1": 40.0}, "val_top1", False) == ("COMPLETE", 40.0)
+    assert outcome(_r(3, 40.0), ["val_top1"], False) == ("COMPLETE", [40.0])
     # Tune sets done=True on the last result of a trial the scheduler stopped: that is not a finished trial.
-    assert outcome({"epoch": 1, "epochs_total": 3, "val_top1": 40.0, "done": True}, "val_top1", False) == ("PRUNED", None)
-    assert outcome({"epoch": 3, "epochs_total": 3}, "val_top1", True) == ("FAIL", None)
-    assert outcome(None, "val_top1", False) == ("PRUNED", None)
+    assert outcome(_r(1, 40.0, done=True), ["val_top1"], False) == ("PRUNED", None)
+    assert outcome(_r(3), ["val_top1"], True) == ("FAIL", None)
+    assert outcome(None, ["val_top1"], False) == ("PRUNED", None)
+    # The study's values are the chosen variant's: a raw value alone (no scoring fields) is not a finished trial.
+    assert outcome({"epoch": 3, "epochs_total": 3, "val_top1": 40.0}, ["val_top1"], False) == ("PRUNED", None)
+    two = {"epoch": 3, "epochs_total": 3, "chosen/val_top1": 40.0, "chosen/val_worst_class": 12.5}
+    assert outcome(two, ["val_top1", "val_worst_class"], False) == ("COMPLETE", [40.0, 12.5])
 
 
 def test_each_trial_is_recorded_with_its_true_state(spec, url):
     s = _searcher(spec)
     params = {tid: s.suggest(tid) for tid in ("full", "asha", "error", "cut")}
     for e, v in ((1, 20.0), (2, 30.0)):
-        s.on_trial_result(
-            "full", {"epoch": e, "val_top1": v, "epochs_total": 3, "data_uri": "s3://b/d", "labels_uri": "s3://b/d/l"}
-        )
-    s.on_trial_result("full", {"epoch": 3, "epochs_total": 3})  # an epoch without validation (run.eval_every > 1)
-    s.on_trial_complete("full", {"epoch": 3, "val_top1": 35.0, "epochs_total": 3, "test_top1": 33.0, "run_dir": "s3://b/r"})
-    s.on_trial_complete("asha", {"epoch": 1, "val_top1": 52.5, "epochs_total": 3, "done": True})
-    s.on_trial_result("error", {"epoch": 1, "val_top1": 10.0, "epochs_total": 3})
+        s.on_trial_result("full", _r(e, v, data_uri="s3://b/d", labels_uri="s3://b/d/l"))
+    s.on_trial_result("full", _r(3))  # an epoch without validation (run.eval_every > 1)
+    s.on_trial_complete("full", _r(3, 35.0, test_top1=33.0))
+    s.on_trial_complete("asha", _r(1, 52.5, done=True))
+    s.on_trial_result("error", _r(1, 10.0))
     s.on_trial_complete("error", error=True)
-    s.on_trial_result("cut", {"epoch": 1, "val_top1": 15.0, "epochs_total": 3})
+    s.on_trial_result("cut", _r(1, 15.0))
     INTERRUPTED.set()
     try:
-        s.on_trial_complete("cut", {"epoch": 1, "val_top1": 15.0, "epochs_total": 3})
+        s.on_trial_complete("cut", _r(1, 15.0))
         assert s.suggest("late") is None  # an interrupted driver starts no new trial
     finally:
         INTERRUPTED.clear()
@@ -94,6 +108,11 @@ def test_each_trial_is_recorded_with_its_true_state(spec, url):
     full, asha = by_tune["full"], by_tune["asha"]
     assert full.value == 35.0 and full.intermediate_values == {1: 20.0, 2: 30.0, 3: 35.0}
     assert full.user_attrs["epochs"] == 3 and full.user_attrs["test_top1"] == 33.0
+    assert (full.user_attrs["chosen_variant"], full.user_attrs["chosen/val_top1"], full.user_attrs["val_top1"]) == (
+        "max",
+        35.0,
+        35.0,
+    )
     assert (full.user_attrs["data_uri"], full.user_attrs["labels_uri"]) == ("s3://b/d", "s3://b/d/l")
     assert asha.value == 52.5 and asha.intermediate_values == {1: 52.5}  # Optuna: last intermediate value
     assert by_tune["cut"].intermediate_values == {1: 15.0}
@@ -108,7 +127,7 @@ def test_each_trial_is_recorded_with_its_true_state(spec, url):
 def test_pickles_hold_no_storage_url_and_a_restored_searcher_continues(spec, url, tmp_path):
     s = _searcher(spec)
     s.suggest("a")
-    s.on_trial_result("a", {"epoch": 1, "val_top1": 20.0, "epochs_total": 3})
+    s.on_trial_result("a", _r(1, 20.0))
     blob = ray.cloudpickle.dumps(s)  # what Tune writes into tuner.pkl
     s.save(str(tmp_path / "searcher-state.pkl"))  # what Tune writes into the experiment folder
     for data in (blob, (tmp_path / "searcher-state.pkl").read_bytes()):
@@ -116,8 +135,8 @@ def test_pickles_hold_no_storage_url_and_a_restored_searcher_continues(spec, url
 
     restored = ray.cloudpickle.loads(blob)
     restored.restore(str(tmp_path / "searcher-state.pkl"))
-    restored.on_trial_result("a", {"epoch": 2, "val_top1": 25.0, "epochs_total": 3})
-    restored.on_trial_complete("a", {"epoch": 3, "val_top1": 27.5, "epochs_total": 3})
+    restored.on_trial_result("a", _r(2, 25.0))
+    restored.on_trial_complete("a", _r(3, 27.5))
     (t,) = optuna.load_study(study_name=spec.study_name, storage=url).trials
     assert t.state == TrialState.COMPLETE and t.value == 27.5 and t.intermediate_values == {1: 20.0, 2: 25.0, 3: 27.5}
 
@@ -129,12 +148,12 @@ def test_reconcile_settles_running_trials_from_tunes_results(spec, url):
     other = optuna.load_study(study_name=spec.study_name, storage=url).ask()  # another experiment's live trial
     other.set_user_attr("experiment", "s3://b/search/other")
     results = [
-        types.SimpleNamespace(metrics={"trial_id": "done", "epoch": 3, "epochs_total": 3, "val_top1": 41.0}, error=None),
-        types.SimpleNamespace(metrics={"trial_id": "stopped", "epoch": 1, "epochs_total": 3, "val_top1": 9.0}, error=None),
-        types.SimpleNamespace(metrics={"trial_id": "broken", "epoch": 2}, error=RuntimeError("x")),
+        types.SimpleNamespace(metrics=_r(3, 41.0, trial_id="done"), error=None),
+        types.SimpleNamespace(metrics=_r(1, 9.0, trial_id="stopped"), error=None),
+        types.SimpleNamespace(metrics=_r(2, trial_id="broken"), error=RuntimeError("x")),
     ]
     study = optuna.load_study(study_name=spec.study_name, storage=url)
-    assert reconcile(study, open_storage(url), "s3://b/search/s", results, "val_top1") == 3
+    assert reconcile(study, open_storage(url), "s3://b/search/s", results, spec) == 3
     states = {t.user_attrs.get("tune_trial_id", "other"): (t.state.name, t.value) for t in study.trials}
     assert states == {
         "done": ("COMPLETE", 41.0),
@@ -153,7 +172,7 @@ def test_a_trial_asked_by_a_killed_driver_is_adopted_not_failed(spec, url, tmp_p
     second = _searcher(spec)
     second.restore(str(tmp_path / "snapshot.pkl"))
     assert second.suggest("c") == lost  # trial c continues the study's trial #1 with its parameters
-    second.on_trial_complete("c", {"epoch": 3, "val_top1": 30.0, "epochs_total": 3})
+    second.on_trial_complete("c", _r(3, 30.0))
     second.suggest("d")  # the next one is a new ask
     trials = optuna.load_study(study_name=spec.study_name, storage=url).trials
     assert [(t.number, t.state.name, t.user_attrs["tune_trial_id"]) for t in trials] == [
