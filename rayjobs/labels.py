@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         "--address", help="Ray cluster that decodes the images (kmeans/hierarchical; default: RAY_ADDRESS, else a local Ray)"
     )
     args = p.parse_args(argv)
+    if args.u < 1:  # Eq. 3: the largest class gets u clusters, the smallest one
+        p.error(f"argument --u: {args.u} is not a number of clusters; give an integer >= 1 (the paper uses 10)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from rayjobs.connect import RayAddressError, connect, resolve
 

@@ -19,7 +19,9 @@ always keeps the default reading.
 **The score** of a trial at an epoch (:func:`scalarise`): with one objective, its value (compared in its mode);
 with several, the mean over objectives of ``value`` (max) or ``-value`` (min), maximised. Every metric is a
 percentage on the same 0-100 scale, so the mean weighs a point of top-1 and a point of worst-class recall alike.
-The score picks the variant, is the trial's Optuna intermediate value, and is what ASHA compares.
+The score picks the variant, is what ASHA compares, and is recorded per epoch: as the trial's Optuna intermediate
+value (one objective) or its ``search_scores`` user attribute (several: Optuna keeps no intermediate values for
+multi-objective trials).
 
 **Judging.** A method with deferred re-weighting (:data:`twohead.methods.DEFERRED_REWEIGHT`: LDAM-DRW's and
 Ours-Full's class weights start at ``method.drw_epoch``, 160 of 200 epochs) changes its objective after that

@@ -141,7 +141,15 @@ def run_search(
     if warm is not None:
         meta["warm_start"] = warm.shown
     before = save_record(record, spec, meta, mirror=out, check_only=True, extend=True)
+    if plan is None and spec.base.data.download:
+        # Fetch the dataset once, here, before any trial starts: trials that each downloaded it would race on the
+        # same folder, and a machine without network access fails now with one line, not in every trial.
+        from twohead.data import describe_counts
 
+        describe_counts(spec.base.data)
+
+    # A server URL that cannot be opened is refused before anything is written (SQLite lives in --out: opened below).
+    study_store = open_storage(ss.url) if ss.sqlite_path is None else None
     out.mkdir(parents=True, exist_ok=True)
     snapshot = None
     if ss.sqlite_path is not None and record != str(out):
@@ -150,7 +158,7 @@ def run_search(
             print(f"Study restored from its snapshot {snapshot}", flush=True)
         meta.update(sqlite_snapshot=snapshot)
     meta.update(sqlite_local=str(ss.sqlite_path) if ss.sqlite_path else None)
-    study_store = open_storage(ss.url)
+    study_store = study_store or open_storage(ss.url)
     study = open_study(ss.url, spec, create=True, storage=study_store)
     old_meta = _recorded_meta(record)
     if warm is not None and old_meta.get("warm_start") != warm.shown and study.get_trials(deepcopy=False):

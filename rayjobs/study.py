@@ -268,6 +268,13 @@ def _read_text(root: str, name: str) -> str | None:
     return store.read_bytes(url).decode() if store.exists(url) else None
 
 
+def _may_change(key: str) -> bool:
+    """A flattened search-record key that a resumed search may change: resources and result-neutral base keys."""
+    from twohead.config import RESULT_NEUTRAL
+
+    return key.startswith("resources.") or key.removeprefix("base.set.") in RESULT_NEUTRAL
+
+
 def save_record(
     root: str,
     spec: SearchSpec,
@@ -278,8 +285,9 @@ def save_record(
     extend: bool = False,
 ) -> int | None:
     """Record the search at ``root`` (first run) or check that a rerun is the same search (resume); mirror both
-    files into ``mirror``. Resources may change between runs (they only affect scheduling); anything else that
-    differs would mix two searches in one study and one Tune experiment, so it is refused with the differences.
+    files into ``mirror``. Resources may change between runs (they only affect scheduling), and so may the
+    base config's result-neutral keys (where the data lives, whether it may be downloaded, loader workers, device);
+    anything else that differs would mix two searches in one study and one Tune experiment, so it is refused with the differences.
     ``extend``: a rerun may raise ``search.num_samples`` (nothing else), which extends the search; the record then
     holds the new count. ``check_only`` checks without writing (run before anything else is touched).
 
@@ -296,7 +304,7 @@ def save_record(
         if old_text is not None:
             old = _flatten(_space_dict(parse_search_space(yaml.safe_load(old_text), source=store.join(where, SPACE_FILE))))
             cur = _flatten(new)
-            diff = [k for k in sorted(set(old) | set(cur)) if not k.startswith("resources.") and old.get(k) != cur.get(k)]
+            diff = [k for k in sorted(set(old) | set(cur)) if not _may_change(k) and old.get(k) != cur.get(k)]
             n_old, n_new = old["search.num_samples"], cur["search.num_samples"]
             if extend and diff == ["search.num_samples"]:
                 if n_new < n_old:

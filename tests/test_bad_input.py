@@ -142,6 +142,69 @@ CASES: list[tuple[str, list[str], str]] = [
         r"could not download cifar10 into dl/cifar10 \(.*\); without network access, copy train\.parquet",
     ),
     (
+        "search-preset",
+        ["-m", "rayjobs.search", "--preset", "nope", "--out", "o"],
+        r"unknown search-space preset 'nope'; available: cifar10-lt, .*smoke-pareto",
+    ),
+    ("search-space-file", ["-m", "rayjobs.search", "--space", "missing.yaml", "--out", "o"], r"'missing\.yaml' does not exist"),
+    (
+        "search-num-samples",
+        ["-m", "rayjobs.search", "--preset", "smoke", "--out", "o", "--num-samples", "0"],
+        r"smoke\.yaml: search: num_samples=0: input should be greater than or equal to 1",
+    ),
+    (
+        "search-set",
+        ["-m", "rayjobs.search", "--preset", "smoke", "--out", "o", "--set", "optim.lr=-1"],
+        r"--set \['optim\.lr=-1'\]: optim\.lr=-1: input should be greater than 0",
+    ),
+    (
+        "search-download-offline",
+        ["-m", "rayjobs.search", "--preset", "smoke", "--out", "o", "--set", "data.root=dl", "--set", "data.download=true"],
+        r"could not download cifar10 into dl/cifar10 \(.*\); without network access, copy train\.parquet",
+    ),
+    (
+        "search-storage-url",
+        ["-m", "rayjobs.search", "--preset", "smoke", "--out", "o", "--storage", "nosuch://x"],
+        r"cannot open Optuna storage nosuch://x",
+    ),
+    (
+        "search-warm-start",
+        ["-m", "rayjobs.search", "--preset", "smoke", "--out", "o", "--warm-start", "nowhere"],
+        r"--warm-start nowhere: not a search folder \(nowhere/search_space\.yaml is missing\)",
+    ),
+    (
+        "search-retrain-best",
+        ["-m", "rayjobs.search", "--retrain-best", "nowhere"],
+        r"nowhere is not a search folder: nowhere/search_space\.yaml is missing",
+    ),
+    ("report-folder", ["-m", "rayjobs.report", "nowhere", "--out", "r"], r"nowhere is not a search folder"),
+    (
+        "labels-data",
+        ["-m", "rayjobs.labels", "--data", "nowhere"],
+        r"no prepared dataset at nowhere: nowhere/manifest\.json does not exist .*run rayjobs\.prepare first",
+    ),
+    ("labels-u", ["-m", "rayjobs.labels", "--data", "nowhere", "--u", "0"], r"argument --u: 0 is not a number of clusters"),
+    (
+        "train-ray-data",
+        ["-m", "rayjobs.train", "--data", "nowhere", "--storage", "o", "--name", "x"],
+        r"no prepared dataset at nowhere: nowhere/manifest\.json does not exist",
+    ),
+    (
+        "train-ray-workers",
+        ["-m", "rayjobs.train", "--data", "nowhere", "--storage", "o", "--name", "x", "--num-workers", "3-2"],
+        r"--num-workers '3-2' must be N >= 1 or MIN-MAX with 1 <= MIN <= MAX",
+    ),
+    (
+        "train-ray-name",
+        ["-m", "rayjobs.train", "--data", "nowhere", "--storage", "o", "--name", "../x"],
+        r"--name '\.\./x' must be a plain folder name",
+    ),
+    (
+        "train-ray-preset",
+        ["-m", "rayjobs.train", "--data", "nowhere", "--storage", "o", "--name", "x", "--preset", "nope"],
+        r"unknown preset 'nope'; allowed: cifar10-lt",
+    ),
+    (
         "u-too-large",
         ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--set", "method.u=5000"],
         r"class 0 has 4980 training samples but needs u_c=5000 non-empty clusters \(Eq\. 3 with u=5000\); lower method\.u",
@@ -310,4 +373,5 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, data_root, ar
 def test_the_table_covers_every_command():
     commands = {c[1][1] if c[1][0] == "-m" else c[1][0] for c in CASES}
     assert {"twohead.cli", "rayjobs.prepare", "rayjobs.reproduce", "rayjobs.bench"} <= commands
+    assert {"rayjobs.search", "rayjobs.report", "rayjobs.labels", "rayjobs.train"} <= commands
     assert len(CASES) >= 40

@@ -147,11 +147,17 @@ def test_a_different_search_in_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     spec = load_search_space(_space(tmp_path))
     save_record(str(out), spec, {"storage": "default", "data": None, "experiment": str(out / "tiny")})
-    rc = search.main(["--space", str(_space(tmp_path)), "--out", str(out), "--num-samples", "9", "--set", "optim.lr=0.02"])
+    neutral = ["--set", "data.download=true", "--set", f"data.root={tmp_path / 'elsewhere'}"]
+    rc = search.main(
+        ["--space", str(_space(tmp_path)), "--out", str(out), "--num-samples", "9", "--set", "optim.lr=0.02", *neutral]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "holds a different search" in err
     assert "search.num_samples: 4 -> 9" in err and "base optim.lr: 0.1 -> 0.02" in err
-    assert "resources" not in err.split("Differences:")[1]
+    # where the data lives and whether it may be downloaded do not change results: not differences
+    differences = err.split("Differences:")[1]
+    assert "resources" not in differences and "data.download" not in differences and "data.root" not in differences
+    assert not (tmp_path / "elsewhere").exists()  # refused before anything was fetched
 
 
 def test_finished_run_is_recognised_only_for_the_same_config(tmp_path):
