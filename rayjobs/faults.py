@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -194,11 +195,175 @@ def full_disk(work: Path) -> Outcome:
             subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+# A search small enough for minutes: 3 trials of 3 epochs on 5% of CIFAR-10-LT, 2 at a time, no early stopping (so
+# every trial ends COMPLETE and "nothing finished is lost" is a plain comparison of the study before and after).
+TINY_SEARCH = {
+    "base": {
+        "preset": "smoke",
+        "set": {"data.train_fraction": 0.05, "data.eval_fraction": 0.2, "optim.epochs": 3, "optim.milestones": []},
+    },
+    "metric": "val_top1",
+    "mode": "max",
+    "params": {"u": {"type": "int", "low": 2, "high": 30}, "alpha": {"type": "float", "low": 0.3, "high": 1.0}},
+    "search": {"num_samples": 3, "max_concurrent": 2, "seed": 0},
+    "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+}
+
+
+def _trials(out: Path) -> list:
+    import optuna
+
+    db = out / "faults.db"
+    if not db.is_file():
+        return []
+    try:
+        return optuna.load_study(study_name="faults", storage=f"sqlite:///{db}").trials
+    except Exception:  # the study is being created, or the database is locked for a moment
+        return []
+
+
+def _checkpoint_epoch(trial_dir: Path) -> int:
+    """The epoch of a Tune trial's newest checkpoint folder (``checkpoint_00000k`` is epoch k + 1), 0 without one."""
+    ks = [int(p.name.split("_")[1]) for p in trial_dir.glob("checkpoint_*") if p.name.split("_")[1].isdigit()]
+    return max(ks) + 1 if ks else 0
+
+
+def kill_search(work: Path) -> Outcome:
+    """The machine running a search's driver dies (SIGKILL to the driver and the local Ray it started) once a
+    trial has finished and another is mid-way; the same command is run again."""
+    import optuna
+    import yaml
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space, out = work / "faults.yaml", work / "kill-search"
+    space.write_text(yaml.safe_dump(TINY_SEARCH))
+    cmd = [sys.executable, "-m", "rayjobs.search", "--space", str(space), "--out", str(out), "--study-name", "faults"]
+    cmd += ["--verbose", "0", "--num-cpus", "2"]
+    log = work / "kill-search.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 900
+    try:
+        while time.monotonic() < deadline:
+            ts = _trials(out)
+            done = [t for t in ts if t.state.name == "COMPLETE"]
+            mid = [t for t in ts if t.state.name == "RUNNING" and _history(Path(t.user_attrs.get("run_dir", "-")))]
+            if done and mid:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the search ended (exit {proc.returncode}) before the fault: {log.read_text()[-800:]}")
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("no finished and no running trial within 900 s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, at once
+        proc.wait()
+    before = {t.number: (t.state.name, t.values) for t in _trials(out)}
+    finished = {n: v for n, v in before.items() if v[0] == "COMPLETE"}
+    trained = {}
+    for t in _trials(out):
+        run = Path(t.user_attrs["run_dir"]) if "run_dir" in t.user_attrs else None
+        if t.state.name == "RUNNING" and run is not None:
+            trained[t.number] = (len(_history(run)), _checkpoint_epoch(run.parent))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1800)
+    after = {t.number: (t.state.name, t.values) for t in _trials(out)}
+    lost = sum(1 for n, v in finished.items() if after.get(n) != v)
+    complete = r.returncode == 0 and len(after) == 3 and all(v[0] == "COMPLETE" for v in after.values())
+    histories_ok = all(
+        [h["epoch"] for h in _history(Path(t.user_attrs["run_dir"]))] == [1, 2, 3]
+        for t in _trials(out)
+        if "run_dir" in t.user_attrs
+    )
+    resumed = ", ".join(f"trial {n} from epoch {c} (had trained {h})" for n, (h, c) in sorted(trained.items()))
+    said = f"nothing printed (killed); the rerun kept {len(finished)} finished trial(s) and resumed {resumed or 'none'}"
+    if not (complete and histories_ok):  # say what went wrong: the states, and what the rerun printed last
+        states = {n: f"{v[0]} {v[1]}" for n, v in sorted(after.items())}
+        said += f"; BUT the rerun exited {r.returncode}, said {_said(r.stderr + r.stdout, work)}, trials {states}"
+    return Outcome(
+        fault="SIGKILL (driver + its local Ray)",
+        where="`rayjobs.search`, 1 trial finished, 1 mid-way",
+        outcome=said,
+        epochs_lost=sum(h - c for h, c in trained.values()),
+        trials_lost=lost,
+        data_lost=lost + (0 if complete and histories_ok else 1),
+        ok=lost == 0 and complete and histories_ok,
+    )
+
+
+def s3_outage(work: Path) -> Outcome:
+    """The object store stops answering while ``rayjobs.prepare`` uploads shards, then comes back; the user reruns
+    the command as its error says. Needs moto (the ``test`` extra): a local S3 server whose objects outlive a stop
+    and start of the server, as a real bucket outlives an outage."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    keys = {"AWS_ACCESS_KEY_ID": "faults", "AWS_SECRET_ACCESS_KEY": "faults", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**_env(), **keys, "AWS_ENDPOINT_URL": endpoint}
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in keys.items() if k != "AWS_DEFAULT_REGION"})
+    s3.create_bucket(Bucket="faults")
+    args = ["--preset", "smoke", "--set", "data.eval_fraction=0.2", "--rows-per-shard", "1024", "--threads", "1"]
+
+    def prepare(name: str, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "rayjobs.prepare", "--out", "s3://faults/datasets", "--name", name, *args, *extra]
+
+    def manifest(name: str) -> dict:
+        body = s3.get_object(Bucket="faults", Key=f"datasets/{name}/manifest.json")["Body"].read()
+        return json.loads(body)["splits"]
+
+    try:
+        subprocess.run(prepare("reference"), check=True, capture_output=True, env=env, timeout=1800)
+        proc = subprocess.Popen(prepare("cut"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/").get("KeyCount", 0) >= 2:
+                break
+            time.sleep(0.05)
+        uploaded = s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/").get("KeyCount", 0)
+        server.stop()  # the outage: connections are refused from now on
+        try:
+            _, err = proc.communicate(timeout=600)
+        finally:
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()  # the store is back, with what it held
+        first = proc.returncode
+        incomplete = s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/manifest.json").get("KeyCount", 0) == 0
+        said = _said(err, work)
+        again = subprocess.run(prepare("cut", "--overwrite"), capture_output=True, text=True, env=env, timeout=1800)
+        leftovers = [o["Key"] for o in s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/_tmp-").get("Contents", [])]
+        same = again.returncode == 0 and incomplete and not leftovers and manifest("cut") == manifest("reference")
+        one_line = "Traceback" not in err and first not in (0, None)
+        return Outcome(
+            fault="object store down",
+            where=f"`rayjobs.prepare` to S3, after {uploaded} of its objects",
+            outcome=f"exit {first}, said {said}; no manifest was published, so readers refuse the half dataset; the "
+            "rerun with --overwrite wrote it whole",
+            epochs_lost=0,
+            trials_lost=None,
+            data_lost=0 if same else 1,
+            ok=same and one_line,
+        )
+    finally:
+        server.stop()
+
+
 SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "kill-run-sigint": kill_run(signal.SIGINT),
     "kill-run-sigterm": kill_run(signal.SIGTERM),
     "kill-run-sigkill": kill_run(signal.SIGKILL),
     "full-disk": full_disk,
+    "kill-search": kill_search,
+    "s3-outage": s3_outage,
 }
 
 

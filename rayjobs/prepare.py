@@ -42,7 +42,7 @@ import numpy as np
 from rayjobs import storage
 from rayjobs.storage import DatasetError, Manifest, ShardInfo, SplitInfo
 
-__all__ = ["DatasetExistsError", "default_name", "encode_images", "main", "prepare", "write_shard_table"]
+__all__ = ["DatasetExistsError", "WriteInterrupted", "default_name", "encode_images", "main", "prepare", "write_shard_table"]
 
 log = logging.getLogger("rayjobs.prepare")
 
@@ -53,6 +53,10 @@ MIN_SHARDS = 16  # enough read tasks to pipeline reads and decoding across a clu
 
 class DatasetExistsError(FileExistsError):
     """The output already holds a (complete or interrupted) dataset and ``--overwrite`` was not given."""
+
+
+class WriteInterrupted(OSError):
+    """Writing the shards or the manifest failed part-way (storage unreachable, disk full); nothing was published."""
 
 
 def default_name(data_cfg: Any) -> str:
@@ -188,69 +192,93 @@ def prepare(
 
     data = build_data(data_cfg)
     log.info("%s", data.describe())
+    staging = storage.join(url, f"_tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        return _publish(data, data_cfg, url, staging, state, rows_per_shard, shuffle_seed, threads)
+    except OSError as e:  # the store went away, the disk filled, ...: what was written is not a dataset yet
+        raise WriteInterrupted(
+            f"writing {url} failed: {' '.join(str(e).split())}; no manifest was published, so readers refuse the "
+            "partial dataset: rerun with --overwrite once the storage is reachable again"
+        ) from e
+    finally:
+        try:
+            storage.delete(staging)
+        except OSError as e:  # the store is unreachable: report the error that stopped the prepare, not this one
+            log.warning("could not remove the staging folder %s (%s); a rerun with --overwrite removes it", staging, e)
+
+
+def _publish(
+    data: Any,
+    data_cfg: Any,
+    url: str,
+    staging: str,
+    state: str,
+    rows_per_shard: int | None,
+    shuffle_seed: int,
+    threads: int | None,
+) -> Manifest:
+    """Encode every split into shards under ``staging``, move them into ``url`` and publish the manifest last."""
     C = int(data.num_classes)
     splits = {"train": data.train, "val": data.val, "test": data.test}
-    staging = storage.join(url, f"_tmp-{uuid.uuid4().hex[:12]}")
     infos: dict[str, SplitInfo] = {}
     fmt_seen: set[str] = set()
-    try:
-        for split_name, split in splits.items():
-            if split is None:
-                continue
-            n = len(split)
-            order = np.random.default_rng(shuffle_seed).permutation(n) if split_name == "train" else np.arange(n)
-            if split.images is not None:
-                fmt = "webp" if max(split.images.shape[1:3]) <= 64 else "jpeg"
-                blobs = encode_images(split.images[order], fmt, threads)
-            else:
-                blobs = _read_files([split.files[i] for i in order.tolist()])
-                fmt = _file_format(blobs)
-            fmt_seen.add(fmt)
-            labels, ids = split.labels[order], split.ids[order]
-            avg = sum(len(b) for b in blobs) / max(1, n)
-            shards = []
-            for k, (a, b) in enumerate(_plan_shards(n, avg, rows_per_shard)):
-                rel = f"{split_name}/part-{k:05d}.parquet"
-                payload = write_shard_table(
-                    blobs[a:b],
-                    labels[a:b],
-                    ids[a:b],
-                    order[a:b],
-                    {"dataset": data.name, "split": split_name, "image_format": fmt},
-                )
-                storage.write_bytes(storage.join(staging, rel), payload)
-                shards.append(ShardInfo(path=rel, rows=b - a, bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest()))
-            infos[split_name] = SplitInfo(
-                num_rows=n, class_counts=np.bincount(split.labels, minlength=C).astype(int).tolist(), shards=shards
+    for split_name, split in splits.items():
+        if split is None:
+            continue
+        n = len(split)
+        order = np.random.default_rng(shuffle_seed).permutation(n) if split_name == "train" else np.arange(n)
+        if split.images is not None:
+            fmt = "webp" if max(split.images.shape[1:3]) <= 64 else "jpeg"
+            blobs = encode_images(split.images[order], fmt, threads)
+        else:
+            blobs = _read_files([split.files[i] for i in order.tolist()])
+            fmt = _file_format(blobs)
+        fmt_seen.add(fmt)
+        labels, ids = split.labels[order], split.ids[order]
+        avg = sum(len(b) for b in blobs) / max(1, n)
+        shards = []
+        for k, (a, b) in enumerate(_plan_shards(n, avg, rows_per_shard)):
+            rel = f"{split_name}/part-{k:05d}.parquet"
+            payload = write_shard_table(
+                blobs[a:b],
+                labels[a:b],
+                ids[a:b],
+                order[a:b],
+                {"dataset": data.name, "split": split_name, "image_format": fmt},
             )
-            log.info("%s: %d rows in %d shard(s) (%s)", split_name, n, len(shards), fmt)
-
-        manifest = Manifest(
-            dataset=data.name,
-            num_classes=C,
-            class_names=[str(c) for c in data.class_names],
-            class_counts=[int(c) for c in data.class_counts],
-            image_size=int(data_cfg.image_size or data.image_size),
-            image_format=fmt_seen.pop() if len(fmt_seen) == 1 else "mixed",
-            mean=[float(m) for m in data.mean],
-            std=[float(s) for s in data.std],
-            data_config=_data_config_dict(data_cfg),
-            splits=infos,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            url=url,
+            storage.write_bytes(storage.join(staging, rel), payload)
+            shards.append(ShardInfo(path=rel, rows=b - a, bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest()))
+        infos[split_name] = SplitInfo(
+            num_rows=n, class_counts=np.bincount(split.labels, minlength=C).astype(int).tolist(), shards=shards
         )
-        if state != "missing":
-            # --overwrite: un-publish first (readers now see "incomplete", never a mix of old and new shards),
-            # then replace the split folders; cluster labels were derived from the old rows, so they go too.
-            storage.delete(storage.join(url, storage.MANIFEST))
-            for sub in ("train", "val", "test", "labels"):
-                storage.delete(storage.join(url, sub))
-        for info in infos.values():
-            for s in info.shards:
-                storage.move(storage.join(staging, s.path), storage.join(url, s.path))
-        storage.write_json(storage.join(url, storage.MANIFEST), manifest.to_json())  # publish
-    finally:
-        storage.delete(staging)
+        log.info("%s: %d rows in %d shard(s) (%s)", split_name, n, len(shards), fmt)
+
+    manifest = Manifest(
+        dataset=data.name,
+        num_classes=C,
+        class_names=[str(c) for c in data.class_names],
+        class_counts=[int(c) for c in data.class_counts],
+        image_size=int(data_cfg.image_size or data.image_size),
+        image_format=fmt_seen.pop() if len(fmt_seen) == 1 else "mixed",
+        mean=[float(m) for m in data.mean],
+        std=[float(s) for s in data.std],
+        data_config=_data_config_dict(data_cfg),
+        splits=infos,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        url=url,
+    )
+    if state != "missing":
+        # --overwrite: un-publish first (readers now see "incomplete", never a mix of old and new shards),
+        # then replace the split folders; cluster labels were derived from the old rows, so they go too.
+        storage.delete(storage.join(url, storage.MANIFEST))
+        # Staging folders of interrupted prepares (the store went away before they could be removed) go too.
+        stale = {f.split("/", 1)[0] for f in storage.list_files(url) if f.startswith("_tmp-")}
+        for sub in ("train", "val", "test", "labels", *sorted(stale - {staging.rsplit("/", 1)[-1]})):
+            storage.delete(storage.join(url, sub))
+    for info in infos.values():
+        for s in info.shards:
+            storage.move(storage.join(staging, s.path), storage.join(url, s.path))
+    storage.write_json(storage.join(url, storage.MANIFEST), manifest.to_json())  # publish
     return manifest
 
 
@@ -322,7 +350,13 @@ def main(argv: list[str] | None = None) -> int:
             shuffle_seed=args.shuffle_seed,
             threads=args.threads,
         )
-    except (ConfigError, DataError, DatasetError, storage.StorageError, FileExistsError) as e:
+    except (ConfigError, DataError, DatasetError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except WriteInterrupted as e:  # the store went away (or the disk filled) mid-way: not bad input
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except storage.StorageError as e:  # unreachable or refused before anything was written
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = {k: v.num_rows for k, v in m.splits.items()}

@@ -59,6 +59,11 @@ __all__ = [
 log = logging.getLogger("rayjobs.search")
 
 INTERRUPTED = threading.Event()  # set by the driver's signal handler: stop telling the study anything
+# When this driver process began (Optuna stamps trials with naive local time). A RUNNING trial with no parameters
+# and no tags that began before it, with a second to spare, was asked for by a driver killed between ``study.ask``
+# and its first tag: no live driver leaves a trial in that state for a second.
+_DRIVER_STARTED = datetime.datetime.now()
+_ASK_WINDOW = datetime.timedelta(seconds=1)
 
 # Per-trial facts copied into the study as user attributes (shown by optuna-dashboard, used by the report).
 # test_* is recorded here only: the searcher and ASHA see `spec.metric` (val_*) alone.
@@ -211,15 +216,18 @@ class StudySearcher(Searcher):
         return True  # metric and mode come from the search space
 
     def suggest(self, trial_id: str) -> dict | None:
+        import optuna
+
         if INTERRUPTED.is_set():
             return None
         study = self.study
         orphan = self._orphan()
-        if orphan is not None:
+        if orphan is not None and orphan.params:
             self._numbers[trial_id] = orphan.number
             self._set_attr(orphan.number, "tune_trial_id", trial_id)
             return dict(orphan.params)
-        trial = study.ask()
+        # an orphan asked for but never given parameters gets them now (define-by-run, from the same sampler)
+        trial = optuna.trial.Trial(study, self._trial_id(orphan.number)) if orphan is not None else study.ask()
         self._spec.suggest(trial)
         trial.set_user_attr("tune_trial_id", trial_id)
         trial.set_user_attr("experiment", self._experiment)
@@ -227,14 +235,21 @@ class StudySearcher(Searcher):
         return dict(trial.params)
 
     def _orphan(self) -> Any:
-        """A trial of this experiment that a killed driver asked for after its last experiment snapshot: RUNNING
-        in the study, unknown to the restored Tune state. It is given to the next Tune trial instead of a new ask,
-        so the crash leaves no FAIL behind and the trial numbers stay those the study handed out."""
+        """A trial a killed driver asked for after its last experiment snapshot: RUNNING in the study, unknown to
+        the restored Tune state; either tagged with this experiment, or (killed between ``study.ask`` and the
+        tagging) untagged, without parameters, begun before this driver. It is given to the next Tune trial
+        instead of a new ask, so the crash leaves no FAIL behind and the trial numbers stay those the study handed
+        out."""
         from optuna.trial import TrialState
 
         known = set(self._numbers.values())
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.user_attrs.get("experiment") == self._experiment and t.number not in known and t.params:
+            if t.number in known:
+                continue
+            if t.user_attrs.get("experiment") == self._experiment and t.params:
+                return t
+            asked = t.datetime_start is not None and t.datetime_start < _DRIVER_STARTED - _ASK_WINDOW
+            if asked and not t.params and not t.user_attrs:
                 return t
         return None
 

@@ -180,3 +180,27 @@ def test_a_trial_asked_by_a_killed_driver_is_adopted_not_failed(spec, url, tmp_p
         (1, "COMPLETE", "c"),
         (2, "RUNNING", "d"),
     ]
+
+
+def test_a_trial_asked_but_never_given_parameters_is_adopted(spec, url, monkeypatch):
+    """A driver killed between ``study.ask`` and its first tag leaves a RUNNING trial with no parameters and no
+    attributes. A later driver gives it parameters and runs it under its number; a trial asked less than a second
+    before that driver began (a live driver's ask in progress) is left alone."""
+    import datetime
+    import time
+
+    from rayjobs import searcher
+
+    study = optuna.load_study(study_name=spec.study_name, storage=url)
+    study.ask()  # the killed driver's trial #0, asked 1.5 s before the new driver began
+    time.sleep(1.2)
+    study.ask()  # trial #1, asked 0.3 s before it: within the one-second window, so not adopted
+    monkeypatch.setattr(searcher, "_DRIVER_STARTED", datetime.datetime.now() + datetime.timedelta(seconds=0.3))
+    s = _searcher(spec)
+    params = s.suggest("c")
+    assert 2 <= params["u"] <= 30 and params["clustering"] in ("random", "kmeans")
+    s.suggest("d")
+    trials = optuna.load_study(study_name=spec.study_name, storage=url).trials
+    assert [(t.number, t.params, t.user_attrs.get("tune_trial_id")) for t in trials[:1]] == [(0, params, "c")]
+    assert trials[1].params == {} and trials[1].user_attrs == {}  # left alone
+    assert trials[2].user_attrs["tune_trial_id"] == "d"  # a new ask
