@@ -282,7 +282,7 @@ def kill_search(work: Path) -> Outcome:
         said += f"; BUT the rerun exited {r.returncode}, said {_said(r.stderr + r.stdout, work)}, trials {states}"
     return Outcome(
         fault="SIGKILL (driver + its local Ray)",
-        where="`rayjobs.search`, 1 trial finished, 1 mid-way",
+        where="`rayjobs.search`, a trial finished, another mid-way",
         outcome=said,
         epochs_lost=sum(h - c for h, c in trained.values()),
         trials_lost=lost,
@@ -339,15 +339,21 @@ def s3_outage(work: Path) -> Outcome:
         first = proc.returncode
         incomplete = s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/manifest.json").get("KeyCount", 0) == 0
         said = _said(err, work)
-        again = subprocess.run(prepare("cut", "--overwrite"), capture_output=True, text=True, env=env, timeout=1800)
+        # the user reruns the same command, adding --overwrite only if it asks for it
+        again = subprocess.run(prepare("cut"), capture_output=True, text=True, env=env, timeout=1800)
+        overwrite = again.returncode == 2 and "--overwrite" in again.stderr
+        if overwrite:
+            again = subprocess.run(prepare("cut", "--overwrite"), capture_output=True, text=True, env=env, timeout=1800)
         leftovers = [o["Key"] for o in s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/_tmp-").get("Contents", [])]
         same = again.returncode == 0 and incomplete and not leftovers and manifest("cut") == manifest("reference")
+        if not same:  # say what differs
+            said += f"; BUT rerun exit {again.returncode} ({_said(again.stderr, work)}), leftovers {leftovers[:3]}"
         one_line = "Traceback" not in err and first not in (0, None)
         return Outcome(
             fault="object store down",
             where=f"`rayjobs.prepare` to S3, after {uploaded} of its objects",
             outcome=f"exit {first}, said {said}; no manifest was published, so readers refuse the half dataset; the "
-            "rerun with --overwrite wrote it whole",
+            f"rerun{' with --overwrite' if overwrite else ''} wrote it whole",
             epochs_lost=0,
             trials_lost=None,
             data_lost=0 if same else 1,

@@ -198,7 +198,8 @@ def prepare(
     except OSError as e:  # the store went away, the disk filled, ...: what was written is not a dataset yet
         raise WriteInterrupted(
             f"writing {url} failed: {' '.join(str(e).split())}; no manifest was published, so readers refuse the "
-            "partial dataset: rerun with --overwrite once the storage is reachable again"
+            "partial dataset: rerun the same command once the storage is reachable again (with --overwrite if it "
+            "finds shards of this attempt)"
         ) from e
     finally:
         try:
@@ -271,10 +272,12 @@ def _publish(
         # --overwrite: un-publish first (readers now see "incomplete", never a mix of old and new shards),
         # then replace the split folders; cluster labels were derived from the old rows, so they go too.
         storage.delete(storage.join(url, storage.MANIFEST))
-        # Staging folders of interrupted prepares (the store went away before they could be removed) go too.
-        stale = {f.split("/", 1)[0] for f in storage.list_files(url) if f.startswith("_tmp-")}
-        for sub in ("train", "val", "test", "labels", *sorted(stale - {staging.rsplit("/", 1)[-1]})):
+        for sub in ("train", "val", "test", "labels"):
             storage.delete(storage.join(url, sub))
+    # Staging folders of earlier attempts that the store's going away kept from being removed.
+    stale = {f.split("/", 1)[0] for f in storage.list_files(url) if f.startswith("_tmp-")}
+    for sub in sorted(stale - {staging.rsplit("/", 1)[-1]}):
+        storage.delete(storage.join(url, sub))
     for info in infos.values():
         for s in info.shards:
             storage.move(storage.join(staging, s.path), storage.join(url, s.path))
