@@ -122,9 +122,13 @@ def study_storage(arg: str | None, out_dir: str | Path, study_name: str, *, expo
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
     import optuna
 
+    # A database server (not SQLite): check each pooled connection before use and reconnect if the server dropped
+    # it (a restart, a failover, an idle timeout), instead of failing the search on its next call (SQLAlchemy's
+    # "pessimistic disconnect handling"; Optuna sets it for MySQL only).
+    kwargs = {} if url.startswith("sqlite") else {"engine_kwargs": {"pool_pre_ping": True}}
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url)
+            return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:  # noqa: BLE001
             # Two processes creating the schema of a new database at once (two drivers, a driver and a
             # dashboard) race on CREATE TABLE / the version row; the schema is there once the winner commits.

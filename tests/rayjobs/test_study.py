@@ -145,3 +145,25 @@ def test_postgres_study_under_concurrent_drivers(postgres_url, spec, tmp_path):
     assert numbers == list(range(20))
     study = optuna.load_study(study_name=spec.study_name, storage=open_storage(postgres_url))
     assert len(study.trials) == 20 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_postgres_connections_dropped_by_the_server_are_reopened(postgres_url, spec):
+    """The server drops every connection (as a restart or a failover does) between two calls of a search: the
+    next call reconnects instead of failing the search with "server closed the connection unexpectedly"."""
+    import sqlalchemy as sa
+
+    storage = open_storage(postgres_url)
+    study = open_study(postgres_url, spec, storage=storage)
+    study.tell(study.ask(), 1.0)  # the pool now holds an open connection
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        dropped = c.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+    admin.dispose()
+    assert dropped >= 1  # the storage's pooled connection was among them
+    study.tell(study.ask(), 2.0)  # through a new connection
+    assert [t.value for t in optuna.load_study(study_name=spec.study_name, storage=storage).trials] == [1.0, 2.0]
