@@ -275,7 +275,7 @@ def _publish(
         for sub in ("train", "val", "test", "labels"):
             storage.delete(storage.join(url, sub))
     # Staging folders of earlier attempts that the store's going away kept from being removed.
-    stale = {f.split("/", 1)[0] for f in storage.list_files(url) if f.startswith("_tmp-")}
+    stale = {name for name in storage.list_dir(url) if name.startswith("_tmp-")}  # an empty one too
     for sub in sorted(stale - {staging.rsplit("/", 1)[-1]}):
         storage.delete(storage.join(url, sub))
     for info in infos.values():

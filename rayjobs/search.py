@@ -29,6 +29,10 @@ for the choice. Each trial picks its K-to-C reading / post-hoc correction on val
   without them a local Ray is started (dashboard on: Tune + ASHA needs the State API, notes/ray-2.60.md).
 - Spot nodes: a failed trial is retried ``--max-failures`` times (default 3) from its last checkpoint.
 - ``--retrain-best DIR_OR_URL --seeds N`` retrains the best configuration on N seeds and reports mean +- std.
+
+(Over 400 lines on purpose: :func:`run_search` is the one sequence of a search -- check, record, study, segments,
+Tune, reconcile, report -- and reads best in one place; Tune plumbing, trials, the searcher, warm starts and the
+report are modules of their own.)
 """
 
 from __future__ import annotations

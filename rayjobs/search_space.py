@@ -34,6 +34,10 @@ N failed trials on a cluster, after the study has been created. Every problem ra
 
 This module imports neither Ray nor Optuna: :meth:`SearchSpec.suggest` only calls the ``suggest_*`` methods of
 whatever Optuna-like trial it is given, so the parsing is unit-testable on its own.
+
+(A little over 400 lines on purpose: :class:`SearchSpec` and the checks that tie the document's parts together
+-- objectives, ASHA against the epochs, the reference against the ranges -- read best next to each other; the
+document's shape and the parameters live in :mod:`rayjobs.space_schema` and :mod:`rayjobs.space_params`.)
 """
 
 from __future__ import annotations

@@ -31,11 +31,13 @@ Pickled state (``tuner.pkl``, ``searcher-state-*.pkl``) holds the Tune-id -> tri
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -64,6 +66,46 @@ INTERRUPTED = threading.Event()  # set by the driver's signal handler: stop tell
 # and its first tag: no live driver leaves a trial in that state for a second.
 _DRIVER_STARTED = datetime.datetime.now()
 _ASK_WINDOW = datetime.timedelta(seconds=1)
+# How long a searcher call waits for the study's database to answer again (a server restart, a failover) before
+# the driver gives up; trials go on training meanwhile, their results wait in Tune's queue.
+DB_RETRY_S = 300.0
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database error that a retry can cure: the connection was lost or refused (SQLAlchemy's OperationalError,
+    or a DBAPI error that invalidated the connection), also behind Optuna's StorageInternalError."""
+    import sqlalchemy.exc as sa_exc
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain
+        if seen is None:
+            return False
+        if isinstance(seen, sa_exc.OperationalError) or (isinstance(seen, sa_exc.DBAPIError) and seen.connection_invalidated):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _waits_for_database(method: Callable) -> Callable:
+    """Retry a searcher call while the study's database is unreachable (:data:`DB_RETRY_S`). Each call may be
+    repeated: attributes and values are set again to the same value, and ``suggest`` resumes the trial it asked."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        deadline, pause = time.monotonic() + DB_RETRY_S, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not _transient(exc) or time.monotonic() + pause > deadline:
+                    raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                log.warning("the study's database did not answer (%s); retrying in %.1f s", first, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    return call
+
 
 # Per-trial facts copied into the study as user attributes (shown by optuna-dashboard, used by the report).
 # test_* is recorded here only: the searcher and ASHA see `spec.metric` (val_*) alone.
@@ -149,6 +191,8 @@ def run_attrs(run_dir: str, epoch: int, scoring: TrialScoring) -> dict[str, Any]
 class StudySearcher(Searcher):
     """A Tune searcher over an Optuna study (see the module docstring)."""
 
+    _asking: int | None = None  # the trial ``suggest`` asked for and has not handed to Tune yet
+
     def __init__(self, spec: Any, *, storage_env: str, experiment: str, sampler: Any):
         super().__init__(metric=SCORE_KEY, mode=spec.score_mode)
         self._spec = spec
@@ -156,6 +200,7 @@ class StudySearcher(Searcher):
         self._experiment = experiment
         self._sampler = sampler
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self._asking = None
         self._live: dict[str, Any] = {}  # not pickled: study, storage, ids, recorded attrs, callback
         self.on_change: Callable[[], None] | None = None
 
@@ -174,6 +219,7 @@ class StudySearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
         self._numbers = dict(state["numbers"])
+        self._asking = None
         self._sampler = state["sampler"]
         self._live = {}
 
@@ -215,23 +261,29 @@ class StudySearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # metric and mode come from the search space
 
+    @_waits_for_database
     def suggest(self, trial_id: str) -> dict | None:
         import optuna
 
         if INTERRUPTED.is_set():
             return None
         study = self.study
-        orphan = self._orphan()
+        orphan = self._orphan() if self._asking is None else None
         if orphan is not None and orphan.params:
             self._numbers[trial_id] = orphan.number
             self._set_attr(orphan.number, "tune_trial_id", trial_id)
             return dict(orphan.params)
-        # an orphan asked for but never given parameters gets them now (define-by-run, from the same sampler)
-        trial = optuna.trial.Trial(study, self._trial_id(orphan.number)) if orphan is not None else study.ask()
+        if self._asking is None:
+            # an orphan asked for but never given parameters gets them now (define-by-run, from the same sampler)
+            self._asking = orphan.number if orphan is not None else study.ask().number
+        # Re-suggesting a parameter the trial already has returns its value: a repeated call (the database went
+        # away half-way) completes the same trial.
+        trial = optuna.trial.Trial(study, self._trial_id(self._asking))
         self._spec.suggest(trial)
         trial.set_user_attr("tune_trial_id", trial_id)
         trial.set_user_attr("experiment", self._experiment)
         self._numbers[trial_id] = trial.number
+        self._asking = None
         return dict(trial.params)
 
     def _orphan(self) -> Any:
@@ -253,6 +305,7 @@ class StudySearcher(Searcher):
                 return t
         return None
 
+    @_waits_for_database
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         number = self._numbers.get(trial_id)
         if number is None:
@@ -278,6 +331,7 @@ class StudySearcher(Searcher):
         except optuna.exceptions.UpdateFinishedTrialError:
             log.info("Optuna trial #%d already finished in the study; keeping its record", number)
 
+    @_waits_for_database
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if INTERRUPTED.is_set():
             return  # an interrupted driver's trials continue on the rerun: they stay RUNNING

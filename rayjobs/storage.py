@@ -22,6 +22,10 @@ A prepared dataset lives at ``<url>/<dataset>/``::
     val/part-00000.parquet ...
     test/part-00000.parquet ...
     labels/<method>-u<u>-r<rounding>-s<seed>.parquet   # cluster ids (rayjobs.labels)
+
+(Over 400 lines on purpose: the dataset layout above is defined by how it is written and read through these
+same functions -- atomic writes, the marker written last, listing and checksums -- so the manifest's classes live
+beside them.)
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ __all__ = [
     "delete",
     "exists",
     "join",
+    "list_dir",
     "list_files",
     "move",
     "read_bytes",
@@ -269,6 +274,15 @@ def list_files(url: str) -> list[str]:
             return []
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return sorted(posixpath.relpath(i.path, path) for i in infos if i.type == pafs.FileType.File)
+
+
+def list_dir(url: str) -> list[str]:
+    """Names of the files and folders directly under ``url`` (an object store's empty "folders" included);
+    empty if it does not exist."""
+    fs, path = resolve(url)
+    with _errors(url, "list"):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
 
 
 def sha256(url: str, chunk: int = 8 << 20) -> tuple[str, int]:

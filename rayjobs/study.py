@@ -13,6 +13,9 @@ from that snapshot.
 and ``search.json`` (study storage, experiment URL, dataset, labels) in the record folder: the Tune experiment
 folder when ``--storage-path`` is given (an object-store URL or a shared folder), else ``--out``. ``--out`` is
 always a local mirror of the record and the report. A rerun must be the same search (only resources may change).
+
+(Over 400 lines on purpose: the record exists to find the study again, and the rules for reopening one -- same
+space, same objectives, storage named the same way, the SQLite snapshot -- change together.)
 """
 
 from __future__ import annotations

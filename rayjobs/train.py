@@ -32,6 +32,9 @@ the cluster can ever hold ``--num-workers`` workers.
 Fault injection (tests, drills): ``TWOHEAD_FAIL_AT_EPOCH=k`` kills rank 0 once, at the end of epoch k before
 its report, and records that in ``<storage>/<name>/_fault-injected-epoch<k>`` so the retry passes;
 ``TWOHEAD_FAIL_MODE=raise`` raises instead of SIGKILL.
+
+(Over 400 lines on purpose: the checks before submitting, the per-worker function and the command line are one
+entry point whose options map one to one onto :func:`run`'s arguments.)
 """
 
 from __future__ import annotations

@@ -17,9 +17,14 @@ def work(tmp_path_factory, data_root):
 
 @pytest.mark.parametrize("name", list(faults.SCENARIOS))
 def test_fault_loses_nothing_finished(work, name):
-    (row,) = faults.run_scenarios([name], work)
+    rows = faults.run_scenarios([name], work)
+    if not rows:  # e.g. no PostgreSQL binaries (.ci/run installs them)
+        pytest.skip(f"{name} cannot run on this machine")
+    (row,) = rows
     assert row.ok, row
     assert row.data_lost == 0 and row.trials_lost in (0, None), row
     # At most the epoch in flight, per run that was cut (a checkpoint every epoch here): one run, or the search's two
     # concurrent trials.
-    assert 0 <= row.epochs_lost <= (faults.TINY_SEARCH["search"]["max_concurrent"] if name == "kill-search" else 1), row
+    assert (
+        0 <= row.epochs_lost <= (faults.TINY_SEARCH["search"]["max_concurrent"] if "search" in name or "postgres" in name else 1)
+    ), row

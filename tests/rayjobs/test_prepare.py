@@ -97,6 +97,18 @@ def test_prepare_to_s3_matches_local(local_ds, bucket):
     assert not any("_tmp-" in f for f in files)
 
 
+def test_staging_left_by_an_outage_is_removed_by_the_next_prepare(bucket, s3_server):
+    """An outage can cut a prepare before it removes its staging folder, which may hold only the object store's
+    empty "folder" markers. That is not a dataset (no refusal), and the next prepare removes it."""
+    client = s3_server.client()
+    for key in ("datasets/ds/_tmp-0ld/", "datasets/ds/_tmp-0ld/train/", "datasets/ds/_tmp-1ld/train/part-00000.parquet"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"half written")
+    assert storage.dataset_state(f"s3://{bucket}/datasets/ds") == "missing"
+    prepare.prepare(tiny_cfg(), f"s3://{bucket}/datasets", name="ds")
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="datasets/ds/").get("Contents", [])]
+    assert "datasets/ds/manifest.json" in keys and not [k for k in keys if "_tmp-" in k], keys
+
+
 def test_refuses_to_overwrite_then_overwrites(tmp_path, data_root):
     m = prepare.prepare(tiny_cfg(), str(tmp_path), name="ds")
     before = {f: storage.sha256(storage.join(m.url, f))[0] for f in storage.list_files(m.url)}

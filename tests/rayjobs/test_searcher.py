@@ -204,3 +204,52 @@ def test_a_trial_asked_but_never_given_parameters_is_adopted(spec, url, monkeypa
     assert [(t.number, t.params, t.user_attrs.get("tune_trial_id")) for t in trials[:1]] == [(0, params, "c")]
     assert trials[1].params == {} and trials[1].user_attrs == {}  # left alone
     assert trials[2].user_attrs["tune_trial_id"] == "d"  # a new ask
+
+
+def _drops_once(storage, method: str, monkeypatch) -> list[str]:
+    """Make ``storage.<method>`` fail once as a lost database connection does, then work; returns the call log."""
+    import sqlalchemy.exc
+
+    real, calls = getattr(storage, method), []
+
+    def flaky(*args, **kwargs):
+        calls.append(method)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("UPDATE ...", {}, Exception("server closed the connection unexpectedly"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, method, flaky)
+    return calls
+
+
+def test_a_call_that_loses_the_database_is_repeated(spec, url, monkeypatch, caplog):
+    """The study's database goes away during a searcher call (a restart, a failover): the call is repeated until
+    it answers, and repeating it records nothing twice; ``suggest`` completes the trial it had asked for."""
+    from rayjobs import searcher
+
+    monkeypatch.setattr(searcher.time, "sleep", lambda s: None)
+    s = _searcher(spec)
+    s.study  # noqa: B018 - opens the storage
+    storage = s._live["storage"]
+    calls = _drops_once(storage, "set_trial_user_attr", monkeypatch)  # fails after study.ask(), before the tags
+    params = s.suggest("a")
+    assert len(calls) >= 2 and "the study's database did not answer" in caplog.text
+    calls = _drops_once(storage, "set_trial_intermediate_value", monkeypatch)
+    s.on_trial_result("a", _r(1, 30.0))
+    s.on_trial_complete("a", _r(3, 40.0))
+    (t,) = optuna.load_study(study_name=spec.study_name, storage=url).trials  # one trial, not one per attempt
+    assert t.params == params and t.user_attrs["tune_trial_id"] == "a" and t.state.name == "COMPLETE"
+    assert t.intermediate_values == {1: 30.0, 3: 40.0} and calls[:2] == ["set_trial_intermediate_value"] * 2
+
+
+def test_an_error_that_a_retry_cannot_cure_is_raised_at_once(spec, url, monkeypatch):
+    from rayjobs import searcher
+
+    slept = []
+    monkeypatch.setattr(searcher.time, "sleep", slept.append)
+    s = _searcher(spec)
+    s.study  # noqa: B018
+    monkeypatch.setattr(s._live["storage"], "set_trial_user_attr", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
+    with pytest.raises(ValueError, match="bad"):
+        s.suggest("a")
+    assert slept == []
