@@ -264,6 +264,23 @@ def _cut(out: Path, url: str | None) -> dict[int, tuple[int, int]]:
     return cut
 
 
+def _search_row(
+    fault: str, study: str, out: Path, url: str | None, finished: dict, cut: dict, rerun_rc: int, said: str
+) -> Outcome:
+    """The row of a search scenario: finished trials lost, epochs trained again by the ``cut`` trials, and whether
+    the search ended whole."""
+    lost, whole, said = _search_outcome(out, url, finished, rerun_rc, said)
+    return Outcome(
+        fault=fault,
+        where=f"`rayjobs.search`{study}, a trial finished, another mid-way",
+        outcome=said,
+        epochs_lost=sum(h - c for h, c in cut.values()),
+        trials_lost=lost,
+        data_lost=lost + (0 if whole else 1),
+        ok=lost == 0 and whole,
+    )
+
+
 def _search_outcome(out: Path, url: str | None, finished: dict, rerun_rc: int, said: str) -> tuple[int, bool, str]:
     """Finished trials lost, whether the search ended whole (3 COMPLETE trials, every epoch once), and ``said``
     with what went wrong added."""
@@ -297,16 +314,7 @@ def kill_search(work: Path) -> Outcome:
     r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1800)
     resumed = ", ".join(f"trial {n} from epoch {c} (had trained {h})" for n, (h, c) in sorted(trained.items()))
     said = f"nothing printed (killed); the rerun kept {len(finished)} finished trial(s) and resumed {resumed or 'none'}"
-    lost, whole, said = _search_outcome(out, None, finished, r.returncode, said)
-    return Outcome(
-        fault="SIGKILL (driver + its local Ray)",
-        where="`rayjobs.search`, a trial finished, another mid-way",
-        outcome=said,
-        epochs_lost=sum(h - c for h, c in trained.values()),
-        trials_lost=lost,
-        data_lost=lost + (0 if whole else 1),
-        ok=lost == 0 and whole,
-    )
+    return _search_row("SIGKILL (driver + its local Ray)", "", out, None, finished, trained, r.returncode, said)
 
 
 class NotHere(Exception):
@@ -366,16 +374,7 @@ def postgres_restart(work: Path) -> Outcome:
             r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
             rc = r.returncode
             said = f"exit {first}, said {_said(text, work)}; the rerun resumed the search"
-        lost, whole, said = _search_outcome(out, url, finished, rc, said)
-        return Outcome(
-            fault="PostgreSQL restart",
-            where="`rayjobs.search` (study in PostgreSQL), a trial finished, another mid-way",
-            outcome=said,
-            epochs_lost=sum(h - c for h, c in trained.values()),
-            trials_lost=lost,
-            data_lost=lost + (0 if whole else 1),
-            ok=lost == 0 and whole,
-        )
+        return _search_row("PostgreSQL restart", " (study in PostgreSQL)", out, url, finished, trained, rc, said)
     finally:
         subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
         subprocess.run(["rm", "-rf", str(pg)])

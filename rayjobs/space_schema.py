@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from twohead.config import no_bool_for_number
+
 __all__ = [
     "AshaSpec",
     "ObjectiveDoc",
@@ -44,10 +46,7 @@ class _Model(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, v: Any, info) -> Any:
-        # pydantic reads `true` as 1 for a number; `num_samples: true` is a typo, not a count.
-        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
-            raise ValueError("must be a number, not true/false")
-        return v
+        return no_bool_for_number(cls, v, info)  # `num_samples: true` is a typo, not a count
 
 
 # ------------------------------------------------------------------------------------------- settings

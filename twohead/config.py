@@ -67,6 +67,13 @@ def data_root(configured: str = "") -> Path:
     return Path(root).expanduser()
 
 
+def no_bool_for_number(model: type[BaseModel], v: Any, info: Any) -> Any:
+    """A ``mode="before"`` field check: pydantic reads ``true`` as 1 for a number field; refuse it instead."""
+    if isinstance(v, bool) and model.model_fields[info.field_name].annotation in (int, float):
+        raise ValueError("a number is needed, not true/false")
+    return v
+
+
 class _Section(BaseModel):
     # Unknown keys are errors; inf / nan are never a valid number; values are re-checked on assignment; a number
     # given for a text field (run.name: 2024) is that text.
@@ -75,10 +82,7 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, v: Any, info) -> Any:
-        # pydantic reads true as 1 for a number; `method.u=true` is a typo, not a cluster count.
-        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float):
-            raise ValueError("a number is needed, not true/false")
-        return v
+        return no_bool_for_number(cls, v, info)  # `method.u=true` is a typo, not a cluster count
 
 
 class DataConfig(_Section):
