@@ -21,7 +21,8 @@ def test_fault_loses_nothing_finished(work, name):
     if not rows:  # e.g. no PostgreSQL binaries (.ci/run installs them)
         pytest.skip(f"{name} cannot run on this machine")
     (row,) = rows
-    assert row.ok, row
+    # the whole row in the message: pytest would shorten the Outcome's repr, and the outcome says what went wrong
+    assert row.ok, f"{row.fault} at {row.where}: {row.outcome} (data lost {row.data_lost}, trials lost {row.trials_lost})"
     assert row.data_lost == 0 and row.trials_lost in (0, None), row
     # At most the epoch in flight, per run that was cut (a checkpoint every epoch here): one run, or the search's two
     # concurrent trials.
