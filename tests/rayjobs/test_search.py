@@ -23,6 +23,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from test_jobs import submit, wait  # the Jobs API helpers of tests/rayjobs/test_jobs.py (same folder)
 
 from rayjobs import prepare, report, search, storage
 from rayjobs.search_space import load_search_space
@@ -476,31 +477,6 @@ def test_interrupted_then_killed_search_resumes_with_true_states(ray_head, data_
     assert "(resumed)" in (out / "report" / "report.md").read_text()
 
 
-def _submit(client, entrypoint: str, env: dict, timeout: float = 90) -> str:
-    """submit_job, retried while the head's job agent is still starting ("No available agent")."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return client.submit_job(entrypoint=entrypoint, runtime_env=env)
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
-
-
-def _wait(client, job_id: str, timeout: float) -> str:
-    from ray.job_submission import JobStatus
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.get_job_status(job_id)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            return status
-        time.sleep(1.0)
-    client.stop_job(job_id)
-    raise AssertionError(f"job {job_id} did not finish in {timeout:.0f}s; logs:\n{client.get_job_logs(job_id)[-4000:]}")
-
-
 @pytest.mark.slow
 def test_search_job_keeps_the_postgres_password_secret_and_survives_its_working_dir(
     ray_head, s3_server, bucket, s3_data, data_root, tmp_path, postgres_url
@@ -539,8 +515,8 @@ def test_search_job_keeps_the_postgres_password_secret_and_survives_its_working_
         f"python -m rayjobs.search --space space.yaml --data {s3_data} --storage-path s3://{bucket}/jobs "
         f"--storage env:TWOHEAD_TEST_POSTGRES_URL --study-name {study} --verbose 0"
     )
-    job = _submit(client, entry, env)
-    assert _wait(client, job, timeout=420) == JobStatus.SUCCEEDED, client.get_job_logs(job)[-6000:]
+    job = submit(client, entry, env)
+    assert wait(client, job, timeout=420) == JobStatus.SUCCEEDED, client.get_job_logs(job)[-6000:]
     logs = client.get_job_logs(job)
     record = f"s3://{bucket}/jobs/{study}"
     mirror = Path(next(ln for ln in logs.splitlines() if ln.startswith("Report: ")).split("(mirror: ", 1)[1].rstrip(")"))
