@@ -155,8 +155,13 @@ def test_elastic_run_starts_with_one_worker_and_grows_to_two(idle, standin, buck
             nodes_at_first_checkpoint = len(idle.worker_nodes())
             idle.set_max_workers(GPU_TYPE, 2)  # room for the second node
 
-    # Enough epochs that the group of one is still training when the second node has joined (epochs take ~3 s).
-    epochs = 6
+    # Enough epochs that the group of one is still training when Train notices the second node. It sees a node
+    # only through Ray's autoscaling coordinator, which refreshes its reservations every 20 s (its TICK_INTERVAL_S),
+    # so the resize comes up to ~25 s after the node joined (which is ~3 s after the first checkpoint). Measured
+    # on a 2-core VM: epochs of 4-6 s, the resize after epoch 4; with 6 epochs a faster machine's group of one
+    # finished first. 11 epochs after the first checkpoint leave the coordinator twice the time it needs at 2-3 s
+    # per epoch.
+    epochs = 12
     out = train(
         idle, tmp_path, standin, runs, "elastic", epochs, "--num-workers", "1-2", "--accelerator-type", "A10G",
         "--elastic-resize-interval", "2", tick=tick,
