@@ -380,67 +380,89 @@ def postgres_restart(work: Path) -> Outcome:
         subprocess.run(["rm", "-rf", str(pg)])
 
 
+class _ObjectStore:
+    """A local S3 server (moto, the ``test`` extra) on a free port, with one bucket, whose objects outlive a stop and
+    start of the server, as a real bucket outlives an outage. ``env``: what a command needs to reach it."""
+
+    def __init__(self, bucket: str = "faults", **env: str):
+        import logging
+
+        import boto3
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        endpoint = f"http://127.0.0.1:{self.port}"
+        keys = {"AWS_ACCESS_KEY_ID": "faults", "AWS_SECRET_ACCESS_KEY": "faults", "AWS_DEFAULT_REGION": "us-east-1"}
+        self.env = {**_env(), **keys, "AWS_ENDPOINT_URL": endpoint, **env}
+        self.bucket = bucket
+        self.server = None
+        self.start()
+        self.s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="faults", aws_secret_access_key="faults")
+        self.s3.create_bucket(Bucket=bucket)
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def stop(self) -> None:  # the outage: connections are refused from now on
+        self.server.stop()
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def read(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+
 def s3_outage(work: Path) -> Outcome:
-    """The object store stops answering while ``rayjobs.prepare`` uploads shards, then comes back; the user reruns
-    the command as its error says. Needs moto (the ``test`` extra): a local S3 server whose objects outlive a stop
-    and start of the server, as a real bucket outlives an outage."""
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    keys = {"AWS_ACCESS_KEY_ID": "faults", "AWS_SECRET_ACCESS_KEY": "faults", "AWS_DEFAULT_REGION": "us-east-1"}
-    env = {**_env(), **keys, "AWS_ENDPOINT_URL": endpoint}
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    s3 = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in keys.items() if k != "AWS_DEFAULT_REGION"})
-    s3.create_bucket(Bucket="faults")
+    """The object store stops answering while ``rayjobs.prepare`` uploads shards, for longer than the command's
+    retries (``TWOHEAD_S3_RETRIES=2`` here, so the scenario takes seconds, not the minute or more the default rides
+    out), then comes back; the user reruns the command as its error says."""
+    store = _ObjectStore(TWOHEAD_S3_RETRIES="2")
+    env = store.env
     args = ["--preset", "smoke", "--set", "data.eval_fraction=0.2", "--rows-per-shard", "1024", "--threads", "1"]
 
     def prepare(name: str, *extra: str) -> list[str]:
         return [sys.executable, "-m", "rayjobs.prepare", "--out", "s3://faults/datasets", "--name", name, *args, *extra]
 
     def manifest(name: str) -> dict:
-        body = s3.get_object(Bucket="faults", Key=f"datasets/{name}/manifest.json")["Body"].read()
-        return json.loads(body)["splits"]
+        return json.loads(store.read(f"datasets/{name}/manifest.json"))["splits"]
 
     try:
         subprocess.run(prepare("reference"), check=True, capture_output=True, env=env, timeout=1800)
         proc = subprocess.Popen(prepare("cut"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
-            if s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/").get("KeyCount", 0) >= 2:
+            if len(store.keys("datasets/cut/")) >= 2:
                 break
             time.sleep(0.05)
-        uploaded = s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/").get("KeyCount", 0)
-        server.stop()  # the outage: connections are refused from now on
+        uploaded = len(store.keys("datasets/cut/"))
+        store.stop()
         try:
             _, err = proc.communicate(timeout=600)
         finally:
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-            server.start()  # the store is back, with what it held
+            store.start()  # the store is back, with what it held
         first = proc.returncode
-        incomplete = s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/manifest.json").get("KeyCount", 0) == 0
+        incomplete = "datasets/cut/manifest.json" not in store.keys("datasets/cut/manifest.json")
         said = _said(err, work)
         # the user reruns the same command, adding --overwrite only if it asks for it
         again = subprocess.run(prepare("cut"), capture_output=True, text=True, env=env, timeout=1800)
         overwrite = again.returncode == 2 and "--overwrite" in again.stderr
         if overwrite:
             again = subprocess.run(prepare("cut", "--overwrite"), capture_output=True, text=True, env=env, timeout=1800)
-        leftovers = [o["Key"] for o in s3.list_objects_v2(Bucket="faults", Prefix="datasets/cut/_tmp-").get("Contents", [])]
+        leftovers = store.keys("datasets/cut/_tmp-")
         same = again.returncode == 0 and incomplete and not leftovers and manifest("cut") == manifest("reference")
         if not same:  # say what differs
             said += f"; BUT rerun exit {again.returncode} ({_said(again.stderr, work)}), leftovers {leftovers[:3]}"
         one_line = "Traceback" not in err and first not in (0, None)
         return Outcome(
             fault="object store down",
-            where=f"`rayjobs.prepare` to S3, after {uploaded} of its objects",
+            where=f"`rayjobs.prepare` to S3, after {uploaded} of its objects, down for longer than its retries",
             outcome=f"exit {first}, said {said}; no manifest was published, so readers refuse the half dataset; the "
             f"rerun{' with --overwrite' if overwrite else ''} wrote it whole",
             epochs_lost=0,
@@ -449,7 +471,90 @@ def s3_outage(work: Path) -> Outcome:
             ok=same and one_line,
         )
     finally:
-        server.stop()
+        store.stop()
+
+
+# A Ray Train run small enough for half a minute: 2 epochs of ResNet-8 on 5% of CIFAR-10-LT (the fractions are the
+# prepared dataset's: a run takes them from its manifest), one worker with both CPUs. Its small images are loaded
+# into memory, where the loop is exactly a local run's: an uninterrupted `twohead train` of the same configuration
+# is the reference, to the last digit.
+TINY_RAY_DATA = ["--preset", "smoke", "--set", "data.train_fraction=0.05", "--set", "data.eval_fraction=0.2"]
+TINY_RAY_CONFIG = [
+    a for kv in ("optim.epochs=2", "optim.milestones=[]", "run.plots=false", "run.progress=false") for a in ("--set", kv)
+]
+
+
+def s3_outage_run(work: Path) -> Outcome:
+    """The object store a ``rayjobs.train`` run keeps its checkpoints and results in stops answering after the
+    run's first epoch, for longer than an epoch (so the next checkpoint and results upload meet it), then comes
+    back: with the default retries the writes wait for it, and the run ends exactly as an uninterrupted local run
+    of the same configuration (see ``TINY_RAY_CONFIG``)."""
+    store = _ObjectStore()
+    env = store.env
+
+    def train(name: str) -> list[str]:
+        data, runs = "s3://faults/datasets/d", "s3://faults/runs"
+        cmd = [sys.executable, "-m", "rayjobs.train", "--data", data, "--storage", runs, "--name", name, "--preset", "smoke"]
+        return [*cmd, *TINY_RAY_CONFIG, "--cpus-per-worker", "2"]
+
+    def registered_epoch(name: str) -> int:  # the epoch of the latest checkpoint Ray Train has registered
+        if not store.keys(f"runs/{name}/checkpoint_manager_snapshot.json"):
+            return 0
+        latest = json.loads(store.read(f"runs/{name}/checkpoint_manager_snapshot.json"))["latest_checkpoint_result"]
+        return int(latest["metrics"]["epoch"]) if latest else 0
+
+    def summary(text: str) -> dict:  # the command's JSON line (Ray may print other lines after it)
+        lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+
+    local = work / "s3-outage-run-reference"
+    reference_run = [sys.executable, "-m", "twohead.cli", "train", *TINY_RAY_DATA, *TINY_RAY_CONFIG, "--out", str(local)]
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "rayjobs.prepare", "--out", "s3://faults/datasets", "--name", "d", *TINY_RAY_DATA],
+            check=True, capture_output=True, env=env, timeout=1800,
+        )  # fmt: skip
+        ref = subprocess.run(reference_run, capture_output=True, text=True, env=_env(), timeout=1800)
+        (ref_dir,) = local.glob("*") if ref.returncode == 0 else [local]
+        reference = json.loads((ref_dir / "metrics.json").read_text()) if ref.returncode == 0 else {}
+        # long enough that the second epoch's checkpoint and results upload start while the store is down
+        outage = max(10.0, 1.5 * max((h["epoch_s"] for h in _history(ref_dir)), default=0) + 2)
+        log = work / "s3-outage-run.log"
+        with open(log, "w") as f:  # a file, not a pipe: Ray's log lines would fill a pipe and block the run
+            proc = subprocess.Popen(train("cut"), stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and registered_epoch("cut") < 1 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        store.stop()
+        time.sleep(outage)
+        store.start()
+        proc.wait(timeout=1800)
+        restored = summary(log.read_text()).get("restored_epoch")
+        done = store.keys("runs/cut/results/metrics.json") == ["runs/cut/results/metrics.json"]
+        metrics = json.loads(store.read("runs/cut/results/metrics.json")) if done else {}
+        epochs = [json.loads(x)["epoch"] for x in store.read("runs/cut/results/history.jsonl").decode().splitlines()]
+        leftovers = [k for k in store.keys("runs/cut/") if "/_tmp-" in k]
+        # test top-1 and NLL (a float to the last digit) equal the local uninterrupted run's
+        keys = ("top1", "nll")
+        same = proc.returncode == 0 and bool(reference) and all(metrics.get(k) == reference[k] for k in keys)
+        same = same and epochs == [1, 2] and not leftovers
+        said = f"exit {proc.returncode}: its writes waited for the store and the run went on"
+        if restored:
+            said += f" after a restart from epoch {restored}"
+        if not same:
+            said += f"; BUT epochs {epochs}, {[metrics.get(k) for k in keys]} vs {[reference.get(k) for k in keys]}"
+            said += f", leftovers {leftovers[:3]}; {_said(log.read_text(), work)} {_said(ref.stderr, work)}"
+        return Outcome(
+            fault="object store down",
+            where=f"`rayjobs.train` (Ray Train, checkpoints and results on S3), after epoch 1 of 2, for {outage:.0f} s",
+            outcome=said,
+            epochs_lost=2 - restored if restored else 0,
+            trials_lost=None,
+            data_lost=0 if same else 1,
+            ok=same,
+        )
+    finally:
+        store.stop()
 
 
 SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
@@ -459,6 +564,7 @@ SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "full-disk": full_disk,
     "kill-search": kill_search,
     "s3-outage": s3_outage,
+    "s3-outage-run": s3_outage_run,
     "postgres-restart": postgres_restart,
 }
 

@@ -7,7 +7,10 @@ Every URL the Ray jobs take (``file:///data``, a plain local path, ``s3://bucket
 S3 settings come from the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``, ``AWS_REGION`` /
 ``AWS_DEFAULT_REGION``, credentials chain) plus two knobs of this toolkit:
 
-- ``TWOHEAD_S3_RETRIES`` (default 3): attempts per request before an error surfaces;
+- ``TWOHEAD_S3_RETRIES`` (default 10): attempts per request before an error surfaces (AWS "standard" retry
+  mode: exponential backoff with jitter, each wait capped at 20 s), so a request rides out an outage of about a
+  minute or more -- a run or a search keeps training through a store's restart or failover. The check made
+  before anything is written (:func:`check_reachable`) tries twice, so a wrong endpoint is reported in seconds;
 - ``TWOHEAD_S3_CONNECT_TIMEOUT`` (seconds, default the AWS SDK's).
 
 Writes are atomic at the destination: local files are written under a ``_tmp-<uuid>`` name and
@@ -98,10 +101,22 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def _s3_filesystem(bucket: str) -> pafs.S3FileSystem:
-    kw: dict[str, Any] = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=int(os.environ.get("TWOHEAD_S3_RETRIES", "3")))
-    }
+S3_ATTEMPTS = 10  # per request, unless TWOHEAD_S3_RETRIES says otherwise (module docstring)
+QUICK_ATTEMPTS = 2  # check_reachable: a wrong endpoint or a store that is down is said before anything starts
+
+
+def _attempts() -> int:
+    raw = os.environ.get("TWOHEAD_S3_RETRIES", "").strip()
+    if not raw:
+        return S3_ATTEMPTS
+    if not raw.isdigit() or int(raw) < 1:
+        raise StorageError(f"TWOHEAD_S3_RETRIES={raw!r} must be a whole number >= 1 (attempts per S3 request)")
+    return int(raw)
+
+
+def _s3_filesystem(bucket: str, attempts: int | None = None) -> pafs.S3FileSystem:
+    attempts = attempts or _attempts()
+    kw: dict[str, Any] = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)}
     if os.environ.get("TWOHEAD_S3_CONNECT_TIMEOUT"):
         kw["connect_timeout"] = float(os.environ["TWOHEAD_S3_CONNECT_TIMEOUT"])
     endpoint = _endpoint()
@@ -116,8 +131,10 @@ def _s3_filesystem(bucket: str) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kw)
 
 
-def resolve(url: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
-    """Return ``(filesystem, path)`` for a URL or local path; the path has no scheme or trailing slash."""
+def resolve(url: str | os.PathLike[str], *, attempts: int | None = None) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path)`` for a URL or local path; the path has no scheme or trailing slash.
+
+    ``attempts``: per S3 request (default ``TWOHEAD_S3_RETRIES``, else :data:`S3_ATTEMPTS`)."""
     url = str(url)
     scheme = _scheme(url)
     if scheme == "":
@@ -128,7 +145,7 @@ def resolve(url: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
         p = urlparse(url)
         if not p.netloc:
             raise StorageError(f"{url!r} names no bucket; expected s3://BUCKET/PREFIX")
-        return _s3_filesystem(p.netloc), f"{p.netloc}{p.path}".rstrip("/")
+        return _s3_filesystem(p.netloc, attempts), f"{p.netloc}{p.path}".rstrip("/")
     with _errors(url, "open"):
         fs, path = pafs.FileSystem.from_uri(url)
     return fs, path.rstrip("/")
@@ -169,7 +186,7 @@ def _errors(url: str, action: str) -> Iterator[None]:
 
 def check_reachable(url: str) -> None:
     """Fail fast with a clear error if the store behind ``url`` is unreachable or its bucket is missing."""
-    fs, path = resolve(url)
+    fs, path = resolve(url, attempts=min(QUICK_ATTEMPTS, _attempts()) if _is_object_store(url) else None)
     if not _is_object_store(url):
         return
     bucket = path.split("/", 1)[0]
@@ -306,7 +323,8 @@ def upload_dir(local_dir: str | Path, url: str, *, last: str = "metrics.json") -
     """Copy every file of ``local_dir`` to ``url``; ``last`` (the completion marker) is published last.
 
     Files are uploaded under ``url/_tmp-<uuid>/`` and then moved into place, so an interrupted upload
-    leaves only the temp prefix; a reader that sees ``url/<last>`` sees every other file too.
+    leaves only the temp prefix (removed by the next upload); a reader that sees ``url/<last>`` sees every other
+    file too.
     Returns the relative paths uploaded.
     """
     local_dir = Path(local_dir)
@@ -326,6 +344,11 @@ def upload_dir(local_dir: str | Path, url: str, *, last: str = "metrics.json") -
         finally:
             if fs.get_file_info(staging).type != pafs.FileType.NotFound:
                 fs.delete_dir(staging)
+    # Staging folders that an earlier upload could not remove (the store went away mid-upload). A results folder
+    # has one writer (rank 0 of its run), so every other one is stale.
+    for name in list_dir(url):
+        if name.startswith("_tmp-"):
+            delete(join(url, name))
     return rel
 
 

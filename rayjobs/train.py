@@ -412,7 +412,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def failure_cause(err: BaseException) -> str:
+    """One line for why a Train run failed: the lowest rank's error in a WorkerGroupError, or the controller's.
+
+    A worker's own exception reaches the driver as its traceback text (its last line is ``module.Error: message``);
+    Ray's errors as a message whose first line says what happened; a worker process that died as a failed health
+    check that holds Ray's reason."""
+    failures = getattr(err, "worker_failures", None) or {}
+    cause: BaseException = failures[min(failures)] if failures else getattr(err, "controller_failure", None) or err
+    inner = getattr(cause, "health_check_failure", None)  # a worker process that died: Ray's reason is inside
+    lines = [ln.strip() for ln in str(inner if inner is not None else cause).splitlines() if ln.strip()]
+    if not lines:
+        text = type(cause).__name__
+    elif lines[0].startswith("Traceback"):
+        text = lines[-1]
+    elif inner is not None:
+        text = f"a worker stopped answering ({type(cause).__name__}): {type(inner).__name__}: {lines[0]}"
+    else:
+        text = f"{type(cause).__name__}: {lines[0]}"
+    rank = f"rank {min(failures)}: " if failures else ""
+    return f"{rank}{text[:400]}{'...' if len(text) > 400 else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ray.train import TrainingFailedError
+
     from twohead.config import ConfigError, load_config
     from twohead.data import DataError
 
@@ -453,6 +477,20 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingFailedError as e:
+        # Not bad input: the run started and stopped (a worker or the object store went away for longer than
+        # --max-failures restarts / TWOHEAD_S3_RETRIES cover). Its registered checkpoints are whole (Ray Train
+        # registers one only once it is uploaded), so the same command resumes from the last of them.
+        import ray
+
+        ray.shutdown()  # Ray prints the workers' own tracebacks as they arrive: this line comes after them, last
+        retries = "" if args.max_failures else "; --max-failures N lets Ray Train restart the workers by itself"
+        print(
+            f"error: run {args.name!r} stopped: {failure_cause(e)}; its checkpoints are kept in "
+            f"{storage.join(args.storage, args.name)}: rerun the same command to resume from the last one{retries}",
+            file=sys.stderr,
+        )
+        return 1
     m = out.get("metrics") or {}
     keys = ("top1", "many", "medium", "few", "epochs", "train_img_per_s")
     print(

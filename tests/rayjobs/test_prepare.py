@@ -193,6 +193,68 @@ def test_unreachable_endpoint(s3_server, monkeypatch):
         storage.read_manifest("s3://any-bucket/datasets/x")
 
 
+def test_check_reachable_is_quick_and_the_retries_setting_is_checked(monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("TWOHEAD_S3_RETRIES", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(StorageError, match="unreachable"):
+        storage.check_reachable("s3://any-bucket/runs")
+    # 2 attempts, not the 10 a request mid-run makes (those take a minute or more against a dead endpoint)
+    assert time.monotonic() - t0 < 15
+    for bad in ("0", "three", "-1"):
+        monkeypatch.setenv("TWOHEAD_S3_RETRIES", bad)
+        with pytest.raises(StorageError, match=f"TWOHEAD_S3_RETRIES='{bad}' must be a whole number >= 1"):
+            storage.resolve("s3://any-bucket/runs")
+
+
+@pytest.mark.timeout(120)
+def test_a_write_rides_out_an_object_store_restart(monkeypatch):
+    """The store is down for 5 s (a restart, a failover) when a write starts: the request is retried until it is
+    back (AWS standard retry mode, 10 attempts), and the object is there, whole."""
+    import socket
+    import threading
+    import time
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("TWOHEAD_S3_RETRIES", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="outage")
+    server.stop()  # moto keeps its buckets and objects across a stop and start, as a real store does
+    back = threading.Event()
+
+    def restart() -> None:
+        time.sleep(5)
+        nonlocal server
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        back.set()
+
+    threading.Thread(target=restart, daemon=True).start()
+    try:
+        storage.write_bytes("s3://outage/runs/r/history.jsonl", b'{"epoch": 1}\n')
+        assert back.is_set(), "the write returned while the store was still down"
+        assert storage.read_bytes("s3://outage/runs/r/history.jsonl") == b'{"epoch": 1}\n'
+    finally:
+        back.wait(30)
+        server.stop()
+
+
 def test_upload_dir_is_complete_when_marker_exists(tmp_path, bucket):
     src = tmp_path / "run"
     (src / "sub").mkdir(parents=True)
@@ -204,6 +266,16 @@ def test_upload_dir_is_complete_when_marker_exists(tmp_path, bucket):
     assert rel[-1] == "metrics.json"  # the completion marker is published last
     assert storage.list_files(url) == ["history.jsonl", "metrics.json", "sub/plot.png"]
     assert storage.read_json(f"{url}/metrics.json") == {"top1": 1}
+    # an upload the store's going away cut short left its staging folder (a file in it, and an empty one): the
+    # next upload removes both and keeps every published file
+    storage.write_bytes(f"{url}/_tmp-cut0000000a/history.jsonl", b"{}\n")
+    _, path = storage.resolve(url)
+    storage.resolve(url)[0].create_dir(f"{path}/_tmp-cut0000000b")
+    assert {"_tmp-cut0000000a", "_tmp-cut0000000b"} <= set(storage.list_dir(url))
+    (src / "metrics.json").write_text('{"top1": 2}')
+    storage.upload_dir(src, url)
+    assert storage.list_dir(url) == ["history.jsonl", "metrics.json", "sub"]
+    assert storage.read_json(f"{url}/metrics.json") == {"top1": 2}
 
 
 # --------------------------------------------------------------------------------------------

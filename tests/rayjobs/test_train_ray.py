@@ -106,6 +106,32 @@ def _latest_state(run_url: str) -> dict:
         return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
 
 
+def test_a_failed_run_is_one_line_that_says_how_to_resume(monkeypatch, capsys):
+    """A worker's exception reaches the driver as its traceback text inside Ray's WorkerGroupError; the command
+    prints the error itself (not the traceback), where the checkpoints are and how to resume, and exits 1."""
+    from ray.train import WorkerGroupError
+
+    tb = (
+        'Traceback (most recent call last):\n  File "rayjobs/storage.py", line 318, in upload_dir\n'
+        "rayjobs.storage.StorageError: cannot upload to s3://b/runs/r/results: the object store is unreachable\n"
+    )
+
+    def failing_run(cfg, **kw):
+        raise WorkerGroupError("[Rank 0 Error Snippet]: ...", {1: RuntimeError("rank 1 saw rank 0 go"), 0: RuntimeError(tb)})
+
+    monkeypatch.setattr(train, "run", failing_run)
+    argv = ["--data", "s3://b/datasets/d", "--storage", "s3://b/runs", "--name", "r", "--preset", "smoke"]
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "error: run 'r' stopped: rank 0: rayjobs.storage.StorageError: cannot upload to s3://b/runs/r/results: the "
+        "object store is unreachable; its checkpoints are kept in s3://b/runs/r: rerun the same command to resume "
+        "from the last one; --max-failures N lets Ray Train restart the workers by itself\n"
+    )
+    assert train.main([*argv, "--max-failures", "2"]) == 1
+    assert "--max-failures" not in capsys.readouterr().err  # already given: no advice to add it
+
+
 @pytest.mark.slow
 def test_killed_worker_resumes_and_rerun_resumes(ray_session, s3_ds, bucket):
     from ray.train import TrainingFailedError
@@ -115,8 +141,11 @@ def test_killed_worker_resumes_and_rerun_resumes(ray_session, s3_ds, bucket):
     run_url = f"{runs}/ft"
 
     # 1) Rank 0 is killed at the end of epoch 2 and no retry is allowed: the run fails after checkpoint 1.
-    with pytest.raises(TrainingFailedError):
+    with pytest.raises(TrainingFailedError) as failed:
         train.run(cfg, data_url=s3_ds, storage_url=runs, name="ft", max_failures=0, fail_at_epoch=2, stream="on")
+    # what `python -m rayjobs.train` says of it: one line naming the rank and that its process died
+    cause = train.failure_cause(failed.value)
+    assert "\n" not in cause and cause.startswith("rank 0: a worker stopped answering") and "died" in cause, cause
     state = _latest_state(run_url)
     assert state["epoch"] == 1
     first_epoch = state["history"][0]
