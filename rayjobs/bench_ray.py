@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,20 +38,15 @@ from typing import Any
 import numpy as np
 
 from rayjobs import bench_decode, prepare, storage
+from rayjobs.local_cluster import free_port
 from rayjobs.storage import Manifest, ShardInfo, SplitInfo
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_s3() -> tuple[Any, str]:
     """A moto S3 server reached through the normal S3 code path (``AWS_ENDPOINT_URL``)."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayjobs.local_cluster import free_port
 from twohead.runs import LocalReporter
 
 __all__ = ["Outcome", "SCENARIOS", "run_scenarios", "main"]
@@ -343,9 +343,7 @@ def postgres_restart(work: Path) -> Outcome:
     if as_db:
         subprocess.run(["chown", "postgres:", str(pg)], check=True)
     data, log = pg / "data", pg / "server.log"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     ctl = [*as_db, str(bindir / "pg_ctl"), "-D", str(data)]
     try:
         subprocess.run(
@@ -390,9 +388,7 @@ class _ObjectStore:
         import boto3
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         endpoint = f"http://127.0.0.1:{self.port}"
         keys = {"AWS_ACCESS_KEY_ID": "faults", "AWS_SECRET_ACCESS_KEY": "faults", "AWS_DEFAULT_REGION": "us-east-1"}
         self.env = {**_env(), **keys, "AWS_ENDPOINT_URL": endpoint, **env}

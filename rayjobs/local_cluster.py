@@ -35,12 +35,13 @@ from typing import Any
 
 from twohead import atomic
 
-__all__ = ["HEAD_NODE_TYPE", "LocalAutoscalingCluster", "fake_autoscaling_config", "main"]
+__all__ = ["HEAD_NODE_TYPE", "LocalAutoscalingCluster", "fake_autoscaling_config", "free_port", "main"]
 
 HEAD_NODE_TYPE = "ray.head.default"  # the fake provider's name for the head's type
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a local server this process starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -135,7 +136,7 @@ class LocalAutoscalingCluster:
 
         # Short: Ray's socket paths under the temp dir are limited to ~100 characters.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="thas", dir="/tmp"))
-        port, dash = _free_port(), _free_port()
+        port, dash = free_port(), free_port()
         self.address = f"{services.get_node_ip_address()}:{port}"
         self.dashboard_url = f"http://127.0.0.1:{dash}"
         self._config = fake_autoscaling_config(
@@ -178,8 +179,8 @@ class LocalAutoscalingCluster:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             "--disable-usage-stats",
         ]
         if head:

@@ -275,9 +275,7 @@ def _publish(
         for sub in ("train", "val", "test", "labels"):
             storage.delete(storage.join(url, sub))
     # Staging folders of earlier attempts that the store's going away kept from being removed.
-    stale = {name for name in storage.list_dir(url) if name.startswith("_tmp-")}  # an empty one too
-    for sub in sorted(stale - {staging.rsplit("/", 1)[-1]}):
-        storage.delete(storage.join(url, sub))
+    storage.remove_stale_staging(url, keep=staging.rsplit("/", 1)[-1])
     for info in infos.values():
         for s in info.shards:
             storage.move(storage.join(staging, s.path), storage.join(url, s.path))

@@ -67,6 +67,7 @@ __all__ = [
     "read_bytes",
     "read_json",
     "read_manifest",
+    "remove_stale_staging",
     "resolve",
     "sha256",
     "upload_dir",
@@ -344,12 +345,19 @@ def upload_dir(local_dir: str | Path, url: str, *, last: str = "metrics.json") -
         finally:
             if fs.get_file_info(staging).type != pafs.FileType.NotFound:
                 fs.delete_dir(staging)
-    # Staging folders that an earlier upload could not remove (the store went away mid-upload). A results folder
-    # has one writer (rank 0 of its run), so every other one is stale.
-    for name in list_dir(url):
-        if name.startswith("_tmp-"):
-            delete(join(url, name))
+    remove_stale_staging(url)  # a results folder has one writer (rank 0 of its run): any other staging is stale
     return rel
+
+
+def remove_stale_staging(url: str, keep: str | None = None) -> list[str]:
+    """Delete the ``_tmp-*`` staging folders directly under ``url`` (an empty one too) but ``keep``: what earlier
+    writes left when the store went away mid-write and they could not clean up. Returns the names removed.
+
+    Only for a folder with one writer at a time (a dataset being prepared, a run's results)."""
+    stale = sorted(n for n in list_dir(url) if n.startswith("_tmp-") and n != keep)
+    for name in stale:
+        delete(join(url, name))
+    return stale
 
 
 # --------------------------------------------------------------------------------------------

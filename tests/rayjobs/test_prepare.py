@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayjobs import labels, prepare, storage
+from rayjobs.local_cluster import free_port
 from rayjobs.storage import DatasetError, StorageError
 
 TINY = ["data.train_fraction=0.05", "data.eval_fraction=0.02"]
@@ -180,12 +181,7 @@ def test_missing_bucket(s3_server, data_root):
 
 @pytest.mark.timeout(60)  # a clear error, never a hang (the retries are bounded)
 def test_unreachable_endpoint(s3_server, monkeypatch):
-    import socket
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # a port nothing listens on
     monkeypatch.setenv("TWOHEAD_S3_RETRIES", "1")
     with pytest.raises(StorageError, match="unreachable"):
         storage.check_reachable("s3://any-bucket/datasets")
@@ -194,13 +190,7 @@ def test_unreachable_endpoint(s3_server, monkeypatch):
 
 
 def test_check_reachable_is_quick_and_the_retries_setting_is_checked(monkeypatch):
-    import socket
-    import time
-
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # a port nothing listens on
     monkeypatch.delenv("TWOHEAD_S3_RETRIES", raising=False)
     t0 = time.monotonic()
     with pytest.raises(StorageError, match="unreachable"):
@@ -217,16 +207,12 @@ def test_check_reachable_is_quick_and_the_retries_setting_is_checked(monkeypatch
 def test_a_write_rides_out_an_object_store_restart(monkeypatch):
     """The store is down for 5 s (a restart, a failover) when a write starts: the request is retried until it is
     back (AWS standard retry mode, 10 attempts), and the object is there, whole."""
-    import socket
     import threading
-    import time
 
     import boto3
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
         monkeypatch.setenv(k, v)
