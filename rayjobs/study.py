@@ -129,14 +129,17 @@ def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
     # it (a restart, a failover, an idle timeout), instead of failing the search on its next call (SQLAlchemy's
     # "pessimistic disconnect handling"; Optuna sets it for MySQL only).
     kwargs = {} if url.startswith("sqlite") else {"engine_kwargs": {"pool_pre_ping": True}}
+    import sqlalchemy.exc
+
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
         except Exception as exc:  # noqa: BLE001
             # Two processes creating the schema of a new database at once (two drivers, a driver and a
-            # dashboard) race on CREATE TABLE / the version row; the schema is there once the winner commits.
-            text = str(exc)
-            if attempt < 4 and ("already exists" in text or "duplicate key" in text or "UniqueViolation" in text):
+            # dashboard, a search and `optuna.load_study` watching it) race on CREATE TABLE ("already exists") and
+            # on the version row (an IntegrityError on every database: PostgreSQL's duplicate key, SQLite's
+            # "UNIQUE constraint failed"); the schema is there once the winner commits.
+            if attempt < 4 and (isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise

@@ -167,3 +167,33 @@ def test_postgres_connections_dropped_by_the_server_are_reopened(postgres_url, s
     assert dropped >= 1  # the storage's pooled connection was among them
     study.tell(study.ask(), 2.0)  # through a new connection
     assert [t.value for t in optuna.load_study(study_name=spec.study_name, storage=storage).trials] == [1.0, 2.0]
+
+
+def test_a_schema_race_on_a_new_sqlite_file_is_waited_out(tmp_path, monkeypatch):
+    """Another process (a dashboard, `optuna.load_study`) creates the schema of the same new SQLite file at the same
+    moment: SQLite refuses the second version row ("UNIQUE constraint failed"), and opening waits and tries again
+    instead of failing the search."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from rayjobs import study as study_mod
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError(
+                "INSERT INTO alembic_version", {}, sqlite3.IntegrityError("UNIQUE constraint failed: alembic_version.version_num")
+            )
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(study_mod.time, "sleep", lambda s: None)
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert isinstance(open_storage(url), real) and calls == [url, url]
+    # an error a retry cannot cure is still said at once
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda url, **kw: (_ for _ in ()).throw(ValueError("bad url")))
+    with pytest.raises(SearchError, match="cannot open Optuna storage .*ValueError: bad url"):
+        open_storage(url)
