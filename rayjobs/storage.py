@@ -9,8 +9,10 @@ S3 settings come from the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``, `
 
 - ``TWOHEAD_S3_RETRIES`` (default 10): attempts per request before an error surfaces (AWS "standard" retry
   mode: exponential backoff with jitter, each wait capped at 20 s), so a request rides out an outage of about a
-  minute or more -- a run or a search keeps training through a store's restart or failover. The check made
-  before anything is written (:func:`check_reachable`) tries twice, so a wrong endpoint is reported in seconds;
+  minute or more. This covers the filesystems :func:`resolve` builds in the process that uses them; the one handed
+  to Ray Train as ``storage_filesystem`` is rebuilt by pyarrow in Ray's processes without its retry strategy, so
+  Ray's checkpoint and snapshot writes keep the AWS SDK's default. The check made before anything is written
+  (:func:`check_reachable`) tries twice, so a wrong endpoint is reported in seconds;
 - ``TWOHEAD_S3_CONNECT_TIMEOUT`` (seconds, default the AWS SDK's).
 
 Writes are atomic at the destination: local files are written under a ``_tmp-<uuid>`` name and
