@@ -11,7 +11,7 @@ from typing import Any
 
 from twohead.config import METHODS, RESULT_NEUTRAL, ConfigError, TrainConfig, load_config
 
-__all__ = ["TableSpec", "TABLES", "METHOD_LABELS", "RunSpec", "plan_runs", "changes_results", "RESERVED"]
+__all__ = ["TableSpec", "TABLES", "METHOD_LABELS", "RunSpec", "plan_runs", "of_table", "changes_results", "RESERVED"]
 
 # Keys the plan sets itself: --set must not override them (use --methods / --imbalances / --seeds / --work).
 RESERVED = {"method.name", "data.imbalance", "optim.seed", "data.dataset", "run.out", "run.name"}
@@ -30,12 +30,15 @@ def changes_results(key: str) -> bool:
 class TableSpec:
     name: str
     title: str
-    kind: str  # "table1" | "ablation"
+    kind: str  # "table1" | "ablation" | "paired" (rows against CE, seed by seed)
     dataset: str  # data.dataset of every run
     preset: str  # load_config preset
     methods: tuple[str, ...]  # rows, in print order
     core: tuple[str, ...]  # rows launched first
     imbalances: tuple[float, ...] = (100.0, 50.0, 10.0)
+    # A recipe other than the paper's names its runs and its table file with this tag ("cpu": ce-imb100-s0-cpu,
+    # cifar10-lt-cpu.md), so they never mix with the paper-recipe runs of the same dataset.
+    scale: str = ""
 
 
 TABLES: dict[str, TableSpec] = {
@@ -58,6 +61,20 @@ TABLES: dict[str, TableSpec] = {
         preset="cifar10-lt",
         methods=("ce", "fbh_only", "cdh_only", "twohead"),
         core=("ce", "twohead"),
+    ),
+    # The reduced scale a 2-core CPU can run to the end (preset cifar10-lt-cpu: ResNet-8, 30 epochs, the paper's
+    # schedule scaled): Table 1's CE / Ours / Ours-Full and Table 4's FBH-only / CDH-only, every row paired with CE
+    # seed by seed. `--imbalances 100,10` adds imbalance 10.
+    "cifar10-lt-cpu": TableSpec(
+        name="cifar10-lt-cpu",
+        title="CIFAR-10-LT at reduced scale (ResNet-8, 30 epochs, CPU): Table 1's core rows and the ablation, paired by seed",
+        kind="paired",
+        dataset="cifar10-lt",
+        preset="cifar10-lt-cpu",
+        methods=("ce", "twohead", "twohead_full", "fbh_only", "cdh_only"),
+        core=("ce", "twohead", "twohead_full"),
+        imbalances=(100.0,),
+        scale="cpu",
     ),
 }
 
@@ -85,7 +102,7 @@ class RunSpec:
     method: str
     imbalance: float
     seed: int
-    tag: str  # "" for the paper recipe, else "e<E>" and/or a hash of the result-changing overrides
+    tag: str  # "" for the paper recipe, else the table's scale, "e<E>" and/or a hash of the result-changing overrides
     overrides: tuple[tuple[str, Any], ...]  # applied after the preset (schedule scaling and --set values)
     priority: tuple = ()
     sets: tuple[tuple[str, Any], ...] = ()  # the --set values alone (named in the table's notes)
@@ -110,6 +127,12 @@ class RunSpec:
             }
         )
         return load_config(preset=self.preset, overrides=ov)
+
+
+def of_table(table: TableSpec, specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """The runs that belong to ``table``: its dataset and its recipe (a reduced-scale table never shows the paper
+    recipe's runs of the same dataset, nor they its)."""
+    return [sp for sp in specs if sp.dataset == table.dataset and sp.preset == table.preset]
 
 
 def _parse_sets(sets: Sequence[str]) -> dict[str, Any]:
@@ -195,7 +218,7 @@ def plan_runs(
         ov = dict(user)
         if epochs is not None:
             ov.update(_scaled_schedule(base, epochs, user))
-        tag = _tag(epochs, base.optim.epochs, user)
+        tag = "-".join(x for x in (t.scale, _tag(epochs, base.optim.epochs, user)) if x)
         rows = tuple(methods) if methods is not None else t.methods
         imbs = tuple(float(b) for b in (imbalances if imbalances is not None else t.imbalances))
         for ii, b in enumerate(imbs):

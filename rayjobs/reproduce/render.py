@@ -19,7 +19,7 @@ from rayjobs import paper
 from twohead import atomic
 from twohead.config import METHODS
 
-from .plan import METHOD_LABELS, TABLES, RunSpec, TableSpec, changes_results
+from .plan import METHOD_LABELS, TABLES, RunSpec, TableSpec, changes_results, of_table
 from .run import RunStatus
 
 log = logging.getLogger("rayjobs.reproduce")
@@ -63,9 +63,9 @@ def _group(
     status: Mapping[str, RunStatus], table: TableSpec, specs: Sequence[RunSpec]
 ) -> dict[tuple[str, float], list[RunStatus]]:
     cells: dict[tuple[str, float], list[RunStatus]] = {}
-    for sp in specs:
+    for sp in of_table(table, specs):
         st = status.get(sp.name)
-        if st is not None and sp.dataset == table.dataset:
+        if st is not None:
             cells.setdefault((sp.method, sp.imbalance), []).append(st)
     return cells
 
@@ -171,7 +171,7 @@ def render_table(
     table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str, RunStatus], *, work: Path, fig: str | None = None
 ) -> str:
     """The Markdown of one table from the runs' statuses (results of finished runs)."""
-    specs = [sp for sp in specs if sp.dataset == table.dataset and sp.method in _rows(table, specs)]
+    specs = [sp for sp in of_table(table, specs) if sp.method in _rows(table, specs)]
     cells = _group(status, table, specs)
     imbs = sorted(
         {sp.imbalance for sp in specs}, key=lambda b: (paper.IMBALANCES + (b,)).index(b) if b in paper.IMBALANCES else 99
@@ -286,7 +286,7 @@ def render_table(
 
 
 def _rows(table: TableSpec, specs: Sequence[RunSpec]) -> list[str]:
-    present = {sp.method for sp in specs if sp.dataset == table.dataset}
+    present = {sp.method for sp in of_table(table, specs)}
     ordered = [m for m in table.methods if m in present]
     if table.kind == "table1":
         ordered += sorted(present - set(ordered) - {"fbh_only", "cdh_only"}, key=list(METHODS).index)
@@ -295,9 +295,12 @@ def _rows(table: TableSpec, specs: Sequence[RunSpec]) -> list[str]:
     return ordered
 
 
-def fig3(status: Mapping[str, RunStatus], dataset: str, imbalance: float, out_path: Path) -> Path | None:
-    """Paper Fig. 3 for CE vs two-head at ``imbalance``: per-class recall and weight norms, averaged over the seeds
-    both have finished. None when either has no finished run (or plotting is unavailable)."""
+def fig3(
+    status: Mapping[str, RunStatus], dataset: str, imbalance: float, out_path: Path, preset: str | None = None
+) -> Path | None:
+    """Paper Fig. 3 for CE vs two-head at ``imbalance`` (of ``preset``'s runs when given): per-class recall and weight
+    norms, averaged over the seeds both have finished. None when either has no finished run (or plotting is
+    unavailable)."""
     import numpy as np
 
     runs: dict[str, dict] = {}
@@ -311,6 +314,7 @@ def fig3(status: Mapping[str, RunStatus], dataset: str, imbalance: float, out_pa
             and st.spec.method == m
             and st.spec.dataset == dataset
             and st.spec.imbalance == imbalance
+            and (preset is None or st.spec.preset == preset)
         ]
         if not res:
             return None
@@ -345,20 +349,22 @@ def write_report(
     written = []
     for tname in tables:
         t = TABLES[tname]
-        tspecs = [sp for sp in specs if sp.dataset == t.dataset]
+        tspecs = of_table(t, specs)
         tag = next((sp.tag for sp in tspecs if sp.tag), "")
         suffix = f"-{tag}" if tag else ""
+        # The table's own scale is already in its name: cifar10-lt-cpu.md, not cifar10-lt-cpu-cpu.md.
+        rest = tag.removeprefix(t.scale).lstrip("-") if t.scale else tag
         fig_rel = None
         imbs = [sp.imbalance for sp in tspecs]
         if imbs:
             b0 = 100.0 if 100.0 in imbs else imbs[0]
-            fp = fig3(status, t.dataset, b0, out / t.dataset / f"fig3-imb{b0:g}{suffix}.png")
+            fp = fig3(status, t.dataset, b0, out / t.dataset / f"fig3-imb{b0:g}{suffix}.png", preset=t.preset)
             if fp is not None:
                 fig_rel = str(fp.relative_to(out))
                 if fp not in written:
                     written.append(fp)
         md = render_table(t, tspecs, status, work=work, fig=fig_rel)
-        p = out / f"{tname}{suffix}.md"
+        p = out / f"{tname}{f'-{rest}' if rest else ''}.md"
         atomic.write_text(p, md)
         written.append(p)
     if archive is not None:
