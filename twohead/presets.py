@@ -42,7 +42,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CIFAR-10-LT recipe (Sec. 3.1: batch 128, lr 0.1, x0.01 at epochs 120 and 160 of 200; weight decay 2e-4 and the
     # 5-epoch warm-up of LDAM-DRW / BBN) with ResNet-8 for 30 epochs. Every epoch count is scaled by 30/200 as
     # `rayjobs.reproduce --epochs` scales it: milestones 120, 160 -> 18, 24 (0-based), warm-up 5 -> 0.75 -> 1 epoch,
-    # deferred re-weighting (Ours-Full) 160 -> 24. Full validation and test splits; nothing chosen on test.
+    # deferred re-weighting (Ours-Full) 160 -> 24. The warm-up is per epoch (LDAM-DRW: lr * e / 5 for e = 1..5), so
+    # one epoch of it is epoch 0 at the full 0.1: no warm-up at this scale (the paper states none). Full validation
+    # and test splits; nothing chosen on test.
     "cifar10-lt-cpu": {
         "data.dataset": "cifar10-lt",
         "model.backbone": "resnet8",

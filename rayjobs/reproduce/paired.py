@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PairedRow", "by_method_seed", "mean_std", "paired_rows", "val_chosen", "DEFAULT_VARIANT"]
+__all__ = ["PairedRow", "by_method_seed", "mean_std", "paired_rows", "val_chosen", "best_on_test", "DEFAULT_VARIANT"]
 
 DEFAULT_VARIANT = "default"  # the method's own reading, no post-hoc correction (``top1``)
 
@@ -53,6 +53,21 @@ def val_chosen(result: Mapping[str, Any]) -> tuple[str, float]:
             best, best_val = name, v
     test = float(result["top1"]) if best == DEFAULT_VARIANT else float(result["posthoc"][best])
     return best, test
+
+
+def best_on_test(results: Sequence[Mapping[str, Any]]) -> tuple[str, float] | None:
+    """The variant (default reading or a post-hoc correction every run has) with the best **mean test** top-1 over
+    ``results``, and that mean: a reference for what the best fixed correction could reach, chosen on test, so
+    never a reported result. Ties keep the default reading."""
+    if not results:
+        return None
+    names = set.intersection(*(set(r.get("posthoc") or {}) for r in results))
+    best = (DEFAULT_VARIANT, statistics.fmean(float(r["top1"]) for r in results))
+    for name in sorted(names):
+        m = statistics.fmean(float(r["posthoc"][name]) for r in results)
+        if m > best[1]:
+            best = (name, m)
+    return best
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ TABLES: dict[str, TableSpec] = {
     # seed by seed. `--imbalances 100,10` adds imbalance 10.
     "cifar10-lt-cpu": TableSpec(
         name="cifar10-lt-cpu",
-        title="CIFAR-10-LT at reduced scale (ResNet-8, 30 epochs, CPU): Table 1's core rows and the ablation, paired by seed",
+        title="CIFAR-10-LT at reduced scale: Table 1's core rows and the ablation, paired by seed",
         kind="paired",
         dataset="cifar10-lt",
         preset="cifar10-lt-cpu",

@@ -8,175 +8,56 @@ baselines' protocol. The notes name every hyperparameter the paper does not stat
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import tarfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from rayjobs import paper
 from twohead import atomic
 from twohead.config import METHODS
 
-from .plan import METHOD_LABELS, TABLES, RunSpec, TableSpec, changes_results, of_table
+from .cells import (
+    POSTHOC_COLUMNS,
+    READING_COLUMNS,
+    best_epochs,
+    cell,
+    fig_imbalance,
+    group_cells,
+    md_table,
+    mean_of,
+    missing,
+    signed,
+    table_rows,
+    top1s,
+)
+from .notes import lr_note, table_notes
+from .plan import METHOD_LABELS, TABLES, RunSpec, TableSpec, of_table
+from .render_paired import render_paired
 from .run import RunStatus
 
 log = logging.getLogger("rayjobs.reproduce")
 
 __all__ = ["render_table", "write_report", "fig3", "READING_COLUMNS", "POSTHOC_COLUMNS"]
 
-READING_COLUMNS = ("max", "sum", "fuse", "fbh")
-POSTHOC_COLUMNS = ("la_tau1.0", "taunorm1.0")
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    m = statistics.fmean(values)
-    return m, (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _cell(values: Sequence[float]) -> str:
-    if not values:
-        return "—"
-    m, s = _mean_std(values)
-    return f"{m:.2f} ± {s:.2f} ({len(values)})" if s is not None else f"{m:.2f} (1)"
-
-
-def _signed(x: float) -> str:
-    return f"{x:+.2f}"
-
-
-def _missing(states: Sequence[RunStatus]) -> str:
-    if not states:
-        return "—"
-    kinds = sorted({st.state for st in states if st.state != "done"})
-    return (
-        "—"
-        if not kinds
-        else {"failed": "failed", "skipped": "not run", "pending": "not run", "interrupted": "cut", "running": "running"}.get(
-            kinds[0], kinds[0]
-        )
-    )
-
-
-def _group(
-    status: Mapping[str, RunStatus], table: TableSpec, specs: Sequence[RunSpec]
-) -> dict[tuple[str, float], list[RunStatus]]:
-    cells: dict[tuple[str, float], list[RunStatus]] = {}
-    for sp in of_table(table, specs):
-        st = status.get(sp.name)
-        if st is not None:
-            cells.setdefault((sp.method, sp.imbalance), []).append(st)
-    return cells
-
-
-def _top1s(states: Sequence[RunStatus]) -> list[float]:
-    return [float(st.result["top1"]) for st in states if st.state == "done" and st.result is not None]
-
-
-def _fmt_value(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt_value(x) for x in v) + "]"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _notes(table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str, RunStatus], work: Path) -> list[str]:
-    methods = sorted({sp.method for sp in specs}, key=lambda m: (table.methods + tuple(METHODS)).index(m))
-    cfgs = {m: next(sp for sp in specs if sp.method == m).config(work) for m in methods}
-    done = [st for st in status.values() if st.state == "done" and st.result]
-    lines = []
-    epochs = sorted({c.optim.epochs for c in cfgs.values()})
-    rec = (
-        "the paper's recipe"
-        if epochs == [200]
-        else f"**NOT the paper's recipe: {', '.join(map(str, epochs))} epochs** (paper: 200), schedule scaled proportionally"
-    )
-    o, me = cfgs[methods[0]].optim, cfgs[methods[0]].method
-    lines.append(
-        f"- Training: {rec}; {cfgs[methods[0]].model.backbone}, SGD momentum {o.momentum:g}, batch {o.batch_size}, "
-        f"lr {o.lr:g} multiplied by {o.lr_gamma:g} at each of epochs "
-        f"{', '.join(map(str, o.milestones)) or '(none)'} (0-based; BBN's LR_FACTOR, paper Sec. 3.1); "
-        f"u={me.u}, lambda={me.lam:g}, alpha={me.alpha:g}, {me.clustering} cluster splitting with a new split per "
-        "seed (cluster seed = run seed)."
-    )
-    user = {k: v for sp in specs for k, v in sp.sets if changes_results(k)}
-    if user:
-        lines.append(
-            "- Overrides of the recipe (`--set`): " + ", ".join(f"`{k}={_fmt_value(v)}`" for k, v in sorted(user.items()))
-        )
-    lines.append("- Not in the paper (value used, and its source):")
-    for key, (only, source) in paper.NOT_IN_PAPER.items():
-        users = [m for m in methods if only is None or m in only]
-        if not users:
-            continue
-        sec, k = key.split(".")
-        vals = {_fmt_value(getattr(getattr(cfgs[m], sec), k)) for m in users}
-        who = "" if only is None else f" ({', '.join(METHOD_LABELS.get(m, m) for m in users)})"
-        lines.append(f"  - `{key}` = {' / '.join(sorted(vals))}{who}: {source}")
-    if done:
-        cards = sorted({str(st.result.get("card")) for st in done})
-        torches = sorted({str(st.result.get("torch")) for st in done})
-        commits = sorted({str(st.result.get("commit", "unknown")) for st in done})
-        walls = [float(st.result.get("wall_s") or 0) for st in done]
-        conc = sorted({int(st.result.get("concurrent") or 1) for st in done})
-        lines.append(f"- Card: {', '.join(cards)}; torch {', '.join(torches)}; commit {', '.join(commits)}.")
-        lines.append(
-            f"- Wall time per run (training loop, {'/'.join(map(str, conc))} run(s) sharing the device): "
-            f"median {statistics.median(walls):.0f} s, total {sum(walls):.0f} s over {len(walls)} runs."
-        )
-    states = [status[sp.name] for sp in specs if sp.name in status]
-    n_done = sum(st.state == "done" for st in states)
-    lines.append(f"- Runs: {n_done} of {len(states)} finished.")
-    for label, kind in (("Failed", "failed"), ("Not run", "skipped"), ("Not run", "pending"), ("Cut short", "interrupted")):
-        group = [st for st in states if st.state == kind]
-        if group:
-            reasons = sorted({st.reason for st in group})
-            lines.append(
-                f"- {label}: "
-                + ", ".join(st.spec.name for st in group)
-                + (f" ({'; '.join(reasons)})" if reasons and reasons != [""] else "")
-            )
-    return lines
-
-
-def _md(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> list[str]:
-    from tabulate import tabulate
-
-    return tabulate(rows, headers=list(header), tablefmt="github", colalign=align, disable_numparse=True).splitlines()
-
-
-def _best_epochs(states: Sequence[RunStatus]) -> list[float]:
-    """Best-over-epochs test top-1 of the finished runs that tracked it (``run.test_curve``)."""
-    return [
-        float(st.result["test_best_over_epochs"]["top1"])
-        for st in states
-        if st.state == "done" and st.result and st.result.get("test_best_over_epochs")
-    ]
-
-
-def _mean_of(results: Sequence[Mapping[str, Any]], get: Callable[[Mapping[str, Any]], Any]) -> str:
-    vals = []
-    for r in results:
-        v = get(r)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)):
-            vals.append(float(v))
-    return f"{statistics.fmean(vals):.2f}" if vals else "—"
-
 
 def render_table(
     table: TableSpec, specs: Sequence[RunSpec], status: Mapping[str, RunStatus], *, work: Path, fig: str | None = None
 ) -> str:
     """The Markdown of one table from the runs' statuses (results of finished runs)."""
-    specs = [sp for sp in of_table(table, specs) if sp.method in _rows(table, specs)]
-    cells = _group(status, table, specs)
+    specs = [sp for sp in of_table(table, specs) if sp.method in table_rows(table, specs)]
+    if table.kind == "paired":
+        body = render_paired(table, specs, status, work=work, fig=fig)
+        notes = table_notes(table, specs, status, work) + lr_note(specs, status, work)
+        tag = next((sp.tag for sp in specs if sp.tag), "")
+        cfg = specs[0].config(work) if specs else None
+        recipe = f" ({cfg.model.backbone}, {cfg.optim.epochs} epochs)" if cfg else ""
+        return "\n".join([f"# {table.title}{recipe}{f', runs tagged {tag}' if tag else ''}", "", *body, "Notes:", "", *notes, ""])
+    cells = group_cells(status, table, specs)
     imbs = sorted(
         {sp.imbalance for sp in specs}, key=lambda b: (paper.IMBALANCES + (b,)).index(b) if b in paper.IMBALANCES else 99
     )
-    rows = _rows(table, specs)
+    rows = table_rows(table, specs)
     tag = next((sp.tag for sp in specs if sp.tag), "")
     head = [f"# {table.title}{f' (runs tagged {tag})' if tag else ''}", ""]
     out: list[str] = []
@@ -196,15 +77,15 @@ def render_table(
             line = [METHOD_LABELS.get(m, m)]
             for b in imbs:
                 states = cells.get((m, b), [])
-                vals = _top1s(states)
+                vals = top1s(states)
                 pc = paper.table1(table.dataset, m, b)
-                line.append(_cell(vals) if vals else _missing(states))
+                line.append(cell(vals) if vals else missing(states))
                 line.append(f"{pc.value:.2f}" if pc else "—")
-                line.append(_signed(statistics.fmean(vals) - pc.value) if (vals and pc) else "—")
-                best = _best_epochs(states)
-                line.append(_cell(best) if best else "—")
+                line.append(signed(statistics.fmean(vals) - pc.value) if (vals and pc) else "—")
+                best = best_epochs(states)
+                line.append(cell(best) if best else "—")
             body.append(line)
-        out += _md(header, body, ["left"] + ["right"] * (len(header) - 1))
+        out += md_table(header, body, ["left"] + ["right"] * (len(header) - 1))
     else:
         head += [
             "Top-1 accuracy (%) at the final epoch, mean ± sample std over seeds, on **CIFAR-10-LT**. The paper's "
@@ -222,15 +103,15 @@ def render_table(
             line = ["✓" if fbh else "-", "✓" if cdh else "-", METHOD_LABELS.get(m, m)]
             for b in imbs:
                 states = cells.get((m, b), [])
-                vals = _top1s(states)
-                ce = _top1s(cells.get(("ce", b), []))
+                vals = top1s(states)
+                ce = top1s(cells.get(("ce", b), []))
                 pc, pce = paper.table4("cifar100", m, b), paper.table4("cifar100", "ce", b)
-                line.append(_cell(vals) if vals else _missing(states))
-                line.append(_signed(statistics.fmean(vals) - statistics.fmean(ce)) if (vals and ce and m != "ce") else "—")
+                line.append(cell(vals) if vals else missing(states))
+                line.append(signed(statistics.fmean(vals) - statistics.fmean(ce)) if (vals and ce and m != "ce") else "—")
                 line.append(f"{pc.value:.2f}" if pc else "—")
-                line.append(_signed(pc.value - pce.value) if (pc and pce and m != "ce") else "—")
+                line.append(signed(pc.value - pce.value) if (pc and pce and m != "ce") else "—")
             body.append(line)
-        out += _md(header, body, ["left"] * 3 + ["right"] * (len(header) - 3))
+        out += md_table(header, body, ["left"] * 3 + ["right"] * (len(header) - 3))
     # Many / medium / few at the first imbalance (the paper's Sec. 3.2 split: > 100, 20..100, < 20 images).
     b0 = imbs[0] if imbs else None
     groups, readings = [], []
@@ -241,15 +122,15 @@ def render_table(
         groups.append(
             [
                 METHOD_LABELS.get(m, m),
-                *(_mean_of(done, lambda r, k=k: r.get(k)) for k in ("many", "medium", "few", "worst_class")),
+                *(mean_of(done, lambda r, k=k: r.get(k)) for k in ("many", "medium", "few", "worst_class")),
                 str(len(done)),
             ]
         )
         readings.append(
             [
                 METHOD_LABELS.get(m, m),
-                *(_mean_of(done, lambda r, k=k: (r.get("by_inference") or {}).get(k)) for k in READING_COLUMNS),
-                *(_mean_of(done, lambda r, k=k: (r.get("posthoc") or {}).get(k)) for k in POSTHOC_COLUMNS),
+                *(mean_of(done, lambda r, k=k: (r.get("by_inference") or {}).get(k)) for k in READING_COLUMNS),
+                *(mean_of(done, lambda r, k=k: (r.get("posthoc") or {}).get(k)) for k in POSTHOC_COLUMNS),
             ]
         )
     if groups:
@@ -258,7 +139,7 @@ def render_table(
             f"Recall by class group at β={b0:g} (many > 100, medium 20–100, few < 20 training images; "
             "— where a group has no class; worst: the lowest per-class recall), mean over seeds:",
             "",
-            *_md(["Method", "many", "medium", "few", "worst", "seeds"], groups, ["left"] + ["right"] * 5),
+            *md_table(["Method", "many", "medium", "few", "worst", "seeds"], groups, ["left"] + ["right"] * 5),
         ]
         out += [
             "",
@@ -269,7 +150,7 @@ def render_table(
             "(Menon et al. 2021, τ = 1) and τ-normalisation (Kang et al. 2020, τ = 1) on the default reading; "
             "a search chooses τ on validation, never on test.",
             "",
-            *_md(
+            *md_table(
                 ["Method", *READING_COLUMNS, *POSTHOC_COLUMNS],
                 readings,
                 ["left"] + ["right"] * (len(READING_COLUMNS) + len(POSTHOC_COLUMNS)),
@@ -281,18 +162,8 @@ def render_table(
             f"Fig. 3 (CE vs two-head at β={b0:g}: per-class recall and classifier weight norms, the mean "
             f"cluster norm per class for the two-head model, means over seeds): [{fig}]({fig})",
         ]
-    notes = _notes(table, specs, status, work)
+    notes = table_notes(table, specs, status, work)
     return "\n".join(head + out + ["", "Notes:", "", *notes, ""])
-
-
-def _rows(table: TableSpec, specs: Sequence[RunSpec]) -> list[str]:
-    present = {sp.method for sp in of_table(table, specs)}
-    ordered = [m for m in table.methods if m in present]
-    if table.kind == "table1":
-        ordered += sorted(present - set(ordered) - {"fbh_only", "cdh_only"}, key=list(METHODS).index)
-    else:
-        ordered += sorted(present & {"fbh_only", "cdh_only"} - set(ordered), key=list(METHODS).index)
-    return ordered
 
 
 def fig3(
@@ -355,9 +226,8 @@ def write_report(
         # The table's own scale is already in its name: cifar10-lt-cpu.md, not cifar10-lt-cpu-cpu.md.
         rest = tag.removeprefix(t.scale).lstrip("-") if t.scale else tag
         fig_rel = None
-        imbs = [sp.imbalance for sp in tspecs]
-        if imbs:
-            b0 = 100.0 if 100.0 in imbs else imbs[0]
+        b0 = fig_imbalance(tspecs)
+        if b0 is not None:
             fp = fig3(status, t.dataset, b0, out / t.dataset / f"fig3-imb{b0:g}{suffix}.png", preset=t.preset)
             if fp is not None:
                 fig_rel = str(fp.relative_to(out))

@@ -20,7 +20,7 @@ from twohead.config import TrainConfig, result_identity
 
 from .plan import RunSpec
 
-__all__ = ["git_commit", "slim_result", "slim_path", "run_dir", "StaleResultError", "finished_result"]
+__all__ = ["git_commit", "slim_result", "slim_path", "run_dir", "StaleResultError", "finished_result", "lr_by_epoch"]
 
 
 def git_commit(repo: Path | None = None) -> str:
@@ -110,6 +110,11 @@ def finished_result(spec: RunSpec, out: Path, work: Path, extra: Mapping[str, An
         d = json.loads(sp.read_text())
         if result_identity(d.get("config", {})) != want:
             raise StaleResultError(f"{sp} holds run {spec.name} with a different config; move it away to rerun")
+        if d.get("lr_by_epoch") is None:  # written before the record existed: add it while the history is there
+            lr = lr_by_epoch(run_dir(work, spec) / "history.jsonl")
+            if lr is not None:
+                d["lr_by_epoch"] = lr
+                atomic.write_json(sp, d)
         return d
     rd = run_dir(work, spec)
     mfile = rd / "metrics.json"
@@ -128,5 +133,20 @@ def finished_result(spec: RunSpec, out: Path, work: Path, extra: Mapping[str, An
     if side.is_file():  # what was true when the run was launched (commit, packing) beats what is true now
         meta.update(json.loads(side.read_text()))
     d = slim_result(metrics, cfg, meta)
+    d["lr_by_epoch"] = lr_by_epoch(rd / "history.jsonl")
     atomic.write_json(sp, d)
     return d
+
+
+def lr_by_epoch(history: Path) -> list[float] | None:
+    """The learning rate each epoch applied, from a run's ``history.jsonl`` (one line per epoch; a resumed run may
+    repeat an epoch: the last line of each wins), or None without a history."""
+    if not history.is_file():
+        return None
+    lr: dict[int, float] = {}
+    for line in history.read_text().splitlines():
+        if line.strip():
+            h = json.loads(line)
+            if "epoch" in h and "lr" in h:
+                lr[int(h["epoch"])] = float(h["lr"])
+    return [lr[e] for e in sorted(lr)] or None
