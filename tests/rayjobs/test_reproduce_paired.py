@@ -276,3 +276,27 @@ def test_finished_run_json_records_the_lr_its_history_logged(tmp_path):
     slim_path(out, sp).write_text(json.dumps(old))
     again = finished_result(sp, out, work)
     assert again == {**old, "lr_by_epoch": HAND_LR} and json.loads(slim_path(out, sp).read_text()) == again
+
+
+def test_the_cpu_table_end_to_end_on_real_runs(tmp_path, data_root, capsys):
+    """The command on real CIFAR-10-LT, shrunk to 2 epochs on 5% of the train subset: two real runs (CE, Ours) of
+    one seed, their JSONs with the lr each epoch logged, and the paired table built from them."""
+    from rayjobs.reproduce import main
+
+    out, work = tmp_path / "results", tmp_path / "work"
+    argv = ["--table", "cifar10-lt-cpu", "--methods", "ce,twohead", "--seeds", "0", "--epochs", "2"]
+    argv += ["--set", "data.train_fraction=0.05", "--set", "data.eval_fraction=0.02", "--concurrent", "2"]
+    assert main([*argv, "--out", str(out), "--work", str(work)]) == 0
+    (table,) = out.glob("cifar10-lt-cpu-e2-*.md")  # the overrides name the runs and the table: -e2-<hash>
+    tag = table.stem.removeprefix("cifar10-lt-")
+    md = table.read_text()
+    for m in ("ce", "twohead"):
+        d = json.loads((out / "cifar10-lt" / f"{m}-imb100-s0-{tag}.json").read_text())
+        # 2 epochs of the 30-epoch schedule scaled again by --epochs: milestones round(18/15), round(24/15) = 1, 2;
+        # 2 is not below 2 epochs and is dropped; warm-up round(1/15) = 0. So: epoch 0 at 0.1, epoch 1 at 0.001.
+        assert d["lr_by_epoch"] == pytest.approx([0.1, 1e-3]) and d["epochs"] == 2
+        assert set(d["posthoc"]) >= {"la_tau0.5", "la_tau1.0", "la_tau1.5"} and set(d["val"]["posthoc"]) == set(d["posthoc"])
+    ce = json.loads((out / "cifar10-lt" / f"ce-imb100-s0-{tag}.json").read_text())
+    ours = json.loads((out / "cifar10-lt" / f"twohead-imb100-s0-{tag}.json").read_text())
+    assert _row(md, 0, "Ours (two-head)")[3] == f"{ours['top1'] - ce['top1']:+.2f}"  # Method, s0, mean, Δ CE s0
+    assert "agrees with it in all 2 runs" in md and "Runs: 2 of 2 finished." in md
