@@ -141,7 +141,7 @@ def test_confusion_sparse_above_200_classes():
 
 
 class _StandIn(nn.Module):
-    """The lead's model surface: classifier_weight() -> [K, D], cluster_to_class -> LongTensor [K]."""
+    """The model surface the metrics read: classifier_weight() -> [K, D], cluster_to_class -> LongTensor [K]."""
 
     def __init__(self, rows, cluster_to_class=None, num_classes=None):
         super().__init__()

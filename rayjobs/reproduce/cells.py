@@ -9,13 +9,13 @@ from typing import Any
 
 from twohead.config import METHODS
 
+from .paired import mean_std
 from .plan import RunSpec, TableSpec, of_table
 from .run import RunStatus
 
 __all__ = [
     "READING_COLUMNS",
     "POSTHOC_COLUMNS",
-    "mean_std_of",
     "cell",
     "signed",
     "missing",
@@ -35,15 +35,10 @@ READING_COLUMNS = ("max", "sum", "fuse", "fbh")
 POSTHOC_COLUMNS = ("la_tau1.0", "taunorm1.0")
 
 
-def mean_std_of(values: Sequence[float]) -> tuple[float, float | None]:
-    m = statistics.fmean(values)
-    return m, (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def cell(values: Sequence[float]) -> str:
     if not values:
         return "—"
-    m, s = mean_std_of(values)
+    m, s = mean_std(values)
     return f"{m:.2f} ± {s:.2f} ({len(values)})" if s is not None else f"{m:.2f} (1)"
 
 

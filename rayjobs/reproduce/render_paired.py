@@ -49,13 +49,13 @@ def render_paired(
         "setting, shown for orientation only. No reported number is chosen on test data.",
         "",
     ]
+    cells = group_cells(status, table, specs)
     for b in imbs:
         done = [
             st.result
             for sp in specs
             if sp.imbalance == b and (st := status.get(sp.name)) is not None and st.state == "done" and st.result
         ]
-        cells = group_cells(status, table, specs)
         out += [f"### β = {b:g}", ""]
         header = (
             ["Method"]
