@@ -60,18 +60,28 @@ def start_s3() -> tuple[Any, str]:
     return server, bucket
 
 
-def jpeg_dataset(url: str, n: int, width: int = 500, height: int = 375, num_classes: int = 100) -> Manifest:
+def jpeg_dataset(
+    url: str,
+    n: int,
+    width: int = 500,
+    height: int = 375,
+    num_classes: int = 100,
+    *,
+    blobs: list[bytes] | None = None,
+    rows_per_shard: int | None = -1,
+) -> Manifest:
     """``n`` generated ``width`` x ``height`` JPEGs (:func:`rayjobs.bench_decode.photos`: at 500x375 about
-    ImageNet's bytes per image) as a one-split, 224 px prepared dataset at ``url``; image ``i`` has class
-    ``i % num_classes``."""
+    ImageNet's bytes per image; or the given ``blobs``) as a one-split, 224 px prepared dataset at ``url``; image
+    ``i`` has class ``i % num_classes``. ``rows_per_shard``: -1 four shards, None ``rayjobs.prepare``'s plan."""
     import hashlib
 
     from rayjobs.bench_decode import photos
 
     labels = np.arange(n) % num_classes
-    blobs = photos(n, width, height)
+    blobs = photos(n, width, height) if blobs is None else blobs
+    rows = max(256, n // 4) if rows_per_shard == -1 else rows_per_shard
     shards = []
-    for k, (a, b) in enumerate(prepare._plan_shards(n, np.mean([len(x) for x in blobs]), max(256, n // 4))):
+    for k, (a, b) in enumerate(prepare._plan_shards(n, np.mean([len(x) for x in blobs]), rows)):
         payload = prepare.write_shard_table(blobs[a:b], labels[a:b], np.arange(a, b), np.arange(a, b))
         rel = f"train/part-{k:05d}.parquet"
         storage.write_bytes(storage.join(url, rel), payload)

@@ -43,6 +43,7 @@ import numpy as np
 
 from rayjobs import storage
 from rayjobs.storage import Manifest
+from rayjobs.stream import PREFETCH_BATCHES
 from twohead.division import DivisionPlan
 
 __all__ = [
@@ -311,7 +312,7 @@ def worker_inputs(
     world: int = 1,
     shard: Any = None,
     counter: Any = None,
-    prefetch_batches: int = 4,
+    prefetch_batches: int = PREFETCH_BATCHES,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """``(LTData, train source, facts)`` of one worker or trial (module docstring, step 3): the facts are timings and
     the rows ``--skip-invalid`` dropped from the splits loaded here (streamed train rows go to the SkipCounter).

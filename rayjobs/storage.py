@@ -9,10 +9,10 @@ S3 settings come from the standard AWS environment (``AWS_ENDPOINT_URL[_S3]``, `
 
 - ``TWOHEAD_S3_RETRIES`` (default 10): attempts per request before an error surfaces (AWS "standard" retry
   mode: exponential backoff with jitter, each wait capped at 20 s), so a request rides out an outage of about a
-  minute or more. This covers the filesystems :func:`resolve` builds in the process that uses them; the one handed
-  to Ray Train as ``storage_filesystem`` is rebuilt by pyarrow in Ray's processes without its retry strategy, so
-  Ray's checkpoint and snapshot writes keep the AWS SDK's default. The check made before anything is written
-  (:func:`check_reachable`) tries twice, so a wrong endpoint is reported in seconds;
+  minute or more. This covers the filesystems :func:`resolve` builds in the process that uses them, the ones the
+  stream's tasks build from :class:`Located` on other nodes, and Ray Train's and Tune's own checkpoint and
+  snapshot writes (:func:`ray_storage`: s3fs, whose settings survive pickling). The check made before anything is
+  written (:func:`check_reachable`) tries twice, so a wrong endpoint is reported in seconds;
 - ``TWOHEAD_S3_CONNECT_TIMEOUT`` (seconds, default the AWS SDK's).
 
 Writes are atomic at the destination: local files are written under a ``_tmp-<uuid>`` name and
@@ -51,10 +51,12 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 __all__ = [
-    "FORMAT",
-    "MANIFEST",
     "DatasetError",
+    "FORMAT",
+    "Located",
+    "MANIFEST",
     "Manifest",
+    "S3Settings",
     "ShardInfo",
     "SplitInfo",
     "StorageError",
@@ -66,6 +68,7 @@ __all__ = [
     "list_dir",
     "list_files",
     "move",
+    "ray_storage",
     "read_bytes",
     "read_json",
     "read_manifest",
@@ -117,21 +120,92 @@ def _attempts() -> int:
     return int(raw)
 
 
+@dataclass(frozen=True)
+class S3Settings:
+    """What this process's environment says about S3 (module docstring), as plain data that can travel to
+    another process: pyarrow drops an ``S3FileSystem``'s retry strategy when it is pickled, so a task on another
+    node gets these settings instead and builds its own filesystem from them (:meth:`Located.resolve`)."""
+
+    endpoint: str | None
+    region: str | None
+    attempts: int
+    connect_timeout: float | None
+
+    @classmethod
+    def current(cls, bucket: str | None = None) -> S3Settings:
+        endpoint = _endpoint()
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+        if region is None and not endpoint and bucket:
+            with _errors(f"s3://{bucket}", "resolve the region of"):
+                region = pafs.resolve_s3_region(bucket)
+        timeout = os.environ.get("TWOHEAD_S3_CONNECT_TIMEOUT")
+        return cls(endpoint, region, _attempts(), float(timeout) if timeout else None)
+
+    def filesystem(self, attempts: int | None = None) -> pafs.S3FileSystem:
+        kw: dict[str, Any] = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts or self.attempts)}
+        if self.connect_timeout is not None:
+            kw["connect_timeout"] = self.connect_timeout
+        if self.endpoint:
+            kw["endpoint_override"] = self.endpoint  # "http://host:port" also sets the scheme
+        if self.region:
+            kw["region"] = self.region
+        return pafs.S3FileSystem(**kw)
+
+
 def _s3_filesystem(bucket: str, attempts: int | None = None) -> pafs.S3FileSystem:
-    attempts = attempts or _attempts()
-    kw: dict[str, Any] = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)}
-    if os.environ.get("TWOHEAD_S3_CONNECT_TIMEOUT"):
-        kw["connect_timeout"] = float(os.environ["TWOHEAD_S3_CONNECT_TIMEOUT"])
-    endpoint = _endpoint()
-    if endpoint:
-        kw["endpoint_override"] = endpoint  # "http://host:port" also sets the scheme
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kw["region"] = region
-    elif not endpoint:
-        with _errors(f"s3://{bucket}", "resolve the region of"):
-            kw["region"] = pafs.resolve_s3_region(bucket)
-    return pafs.S3FileSystem(**kw)
+    return S3Settings.current(bucket).filesystem(attempts)
+
+
+def ray_storage(url: str) -> tuple[pafs.FileSystem, str]:
+    """``(storage_filesystem, storage_path)`` for Ray Train's and Tune's ``RunConfig``.
+
+    Ray pickles the filesystem into its controller and every worker, and a pickled pyarrow ``S3FileSystem`` comes
+    back without its retry strategy: a checkpoint upload or snapshot write there would get the AWS SDK's few quick
+    attempts. So S3 goes through s3fs (fsspec) in pyarrow's ``FSSpecHandler``, the custom-storage route Ray
+    documents: an fsspec filesystem is rebuilt from its constructor arguments when unpickled, botocore's standard
+    retry mode with ``TWOHEAD_S3_RETRIES`` attempts (exponential backoff, each wait at most 20 s) included.
+    Everything else resolves as :func:`resolve` does (the shard reads keep pyarrow's native S3 client: see README,
+    "Keeping GPUs fed")."""
+    url = str(url)
+    if _scheme(url) not in ("s3", "s3a"):
+        return resolve(url)
+    import s3fs
+
+    p = urlparse(url)
+    if not p.netloc:
+        raise StorageError(f"{url!r} names no bucket; expected s3://BUCKET/PREFIX")
+    st = S3Settings.current(p.netloc)
+    config: dict[str, Any] = {"retries": {"max_attempts": st.attempts, "mode": "standard"}}
+    if st.connect_timeout is not None:
+        config["connect_timeout"] = st.connect_timeout
+    fs = s3fs.S3FileSystem(
+        endpoint_url=st.endpoint,
+        client_kwargs={"region_name": st.region} if st.region else {},
+        config_kwargs=config,
+    )
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), f"{p.netloc}{p.path}".rstrip("/")
+
+
+@dataclass(frozen=True)
+class Located:
+    """A URL with the S3 settings of the process that named it: :meth:`resolve` gives the same
+    ``(filesystem, path)`` as :func:`resolve` there, retries included, in whichever process it is unpickled."""
+
+    url: str
+    s3: S3Settings | None = None
+
+    @classmethod
+    def of(cls, url: str) -> Located:
+        url = str(url)
+        if _scheme(url) in ("s3", "s3a"):
+            return cls(url, S3Settings.current(urlparse(url).netloc))
+        return cls(url)
+
+    def resolve(self) -> tuple[pafs.FileSystem, str]:
+        if self.s3 is None:
+            return resolve(self.url)
+        p = urlparse(self.url)
+        return self.s3.filesystem(), f"{p.netloc}{p.path}".rstrip("/")
 
 
 def resolve(url: str | os.PathLike[str], *, attempts: int | None = None) -> tuple[pafs.FileSystem, str]:

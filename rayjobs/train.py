@@ -31,7 +31,8 @@ the cluster can ever hold ``--num-workers`` workers.
 
 Fault injection (tests, drills): ``TWOHEAD_FAIL_AT_EPOCH=k`` kills rank 0 once, at the end of epoch k before
 its report, and records that in ``<storage>/<name>/_fault-injected-epoch<k>`` so the retry passes;
-``TWOHEAD_FAIL_MODE=raise`` raises instead of SIGKILL.
+``TWOHEAD_FAIL_MODE=raise`` raises instead of SIGKILL; ``TWOHEAD_FAIL_MODE=pause`` kills nothing: it writes that
+file after epoch k's results upload and holds Ray Train's checkpoint write 5 s, for an outage drill to meet it.
 
 (Over 400 lines on purpose: the checks before submitting, the per-worker function and the command line are one
 entry point whose options map one to one onto :func:`run`'s arguments.)
@@ -53,7 +54,7 @@ from rayjobs.connect import RayAddressError
 from rayjobs.dataplane import IN_MEMORY_MAX_BYTES, check_train_labels  # noqa: F401 (re-exported)
 from rayjobs.reporting import STATE_FILE, TrainReporter  # noqa: F401 (STATE_FILE re-exported for tests)
 from rayjobs.storage import DatasetError
-from rayjobs.stream import skip_summary
+from rayjobs.stream import PREFETCH_BATCHES, skip_summary
 from twohead import atomic
 
 __all__ = [
@@ -221,7 +222,7 @@ def run(
     skip_invalid: bool | None = None,
     verify: str = "full",
     stream: str = "auto",
-    prefetch_batches: int = 4,
+    prefetch_batches: int = PREFETCH_BATCHES,
     fail_at_epoch: int | None = None,
     fail_mode: str = "kill",
     address: str | None = None,
@@ -302,7 +303,7 @@ def run(
             )
         }
 
-    fs, storage_path = storage.resolve(storage_url)
+    fs, storage_path = storage.ray_storage(storage_url)
     run_url = storage.join(storage_url, name)
     fault = None
     if fail_at_epoch:
@@ -401,7 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream the train split with Ray Data each epoch (on), load it into memory once (off), "
         "or decide by size (auto: small images in memory)",
     )
-    p.add_argument("--prefetch-batches", type=int, default=4)
+    p.add_argument(
+        "--prefetch-batches",
+        type=int,
+        default=PREFETCH_BATCHES,
+        help="streamed batches each worker fetches ahead (each one more delays an epoch's first batch by one batch)",
+    )
     p.add_argument(
         "--gpu-decode",
         action="store_true",

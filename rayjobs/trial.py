@@ -36,6 +36,7 @@ from ray import tune
 from rayjobs import storage
 from rayjobs.objectives import TrialScoring, scoring_for
 from rayjobs.reporting import TrainReporter, TuneReporter
+from rayjobs.stream import PREFETCH_BATCHES
 from twohead.config import TrainConfig, apply_overrides
 
 __all__ = ["RUN_SUBDIR", "TrialJob", "finished_run", "run_seed", "run_trial", "trial_dirname"]
@@ -202,7 +203,7 @@ def _torch_trainer(
             "labels_url": labels_url,
             "results_url": run_url,
             "counter": None,
-            "prefetch_batches": 4,
+            "prefetch_batches": PREFETCH_BATCHES,
             "fault": fault,
             "extra": extra,
         }

@@ -241,6 +241,66 @@ def test_a_write_rides_out_an_object_store_restart(monkeypatch):
         server.stop()
 
 
+@pytest.mark.timeout(120)
+def test_a_located_url_keeps_its_endpoint_and_retries_in_another_process(monkeypatch):
+    """A stream task gets ``Located`` (not a pickled pyarrow filesystem, which loses its retry strategy): unpickled
+    where no AWS variable is set, it still reaches the driver's endpoint and rides out a 5 s outage of the store,
+    which the pickled filesystem does not."""
+    import pickle
+    import threading
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("TWOHEAD_S3_RETRIES", "10")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="located")
+    storage.write_bytes("s3://located/shards/part-0.parquet", b"shard bytes")
+    located = pickle.dumps(storage.Located.of("s3://located/shards/part-0.parquet"))
+    pickled_fs = pickle.dumps(storage.resolve("s3://located")[0])
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the other process: none of the driver's settings
+    monkeypatch.delenv("TWOHEAD_S3_RETRIES")
+    loc = pickle.loads(located)
+    assert loc.s3 == storage.S3Settings(endpoint, "us-east-1", 10, None)
+
+    def outage() -> threading.Event:
+        server.stop()  # moto keeps its objects across a stop and start
+        back = threading.Event()
+
+        def restart() -> None:
+            nonlocal server
+            time.sleep(5)
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            back.set()
+
+        threading.Thread(target=restart, daemon=True).start()
+        return back
+
+    back = outage()
+    try:
+        with pytest.raises(OSError):  # pyarrow's default 3 attempts give up within the outage
+            with pickle.loads(pickled_fs).open_input_stream("located/shards/part-0.parquet") as f:
+                f.read()
+    finally:
+        back.wait(30)
+    back = outage()
+    try:
+        fs, path = loc.resolve()
+        with fs.open_input_stream(path) as f:
+            assert f.read() == b"shard bytes"
+        assert back.is_set(), "the read returned while the store was still down"
+    finally:
+        back.wait(30)
+        server.stop()
+
+
 def test_upload_dir_is_complete_when_marker_exists(tmp_path, bucket):
     src = tmp_path / "run"
     (src / "sub").mkdir(parents=True)

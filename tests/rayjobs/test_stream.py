@@ -89,6 +89,44 @@ def test_streams_every_row_once_per_epoch_with_its_cluster(ray_session, s3_ds, d
     assert orders[0] != orders[1], "a new order every epoch"
 
 
+def _epoch_blocks(ds, epochs: int, id_of: dict[bytes, int]) -> list[list[tuple[int, ...]]]:
+    """The sample ids of every block the stream delivers, epoch by epoch (one dataset executed ``epochs`` times);
+    ``id_of`` names each 32 px image (streamed un-augmented) by its pixels."""
+    out = []
+    for _ in range(epochs):
+        blocks = ds.iter_batches(batch_size=None, batch_format="numpy")
+        out.append([tuple(id_of[img.tobytes()] for img in b["image"]) for b in blocks])
+    return out
+
+
+def test_shard_and_row_order_are_new_every_epoch_and_follow_the_seed(ray_session, s3_server, data):
+    """Every epoch puts the shards and the rows inside each shard in a new order, drawn from the seed: the same seed
+    gives the same batches epoch by epoch (as sets: concurrent shard tasks may finish in any order), another seed
+    other batches; each block is one decode batch of one shard."""
+    rows = 64
+    bucket = s3_server.make_bucket(f"order-{uuid.uuid4().hex[:8]}")
+    sharded = prepare.prepare(tiny_cfg(), f"s3://{bucket}/datasets", rows_per_shard=200)
+    assert len(sharded.splits["train"].shards) >= 3
+    id_of = {data.train.images[i].tobytes(): int(data.train.ids[i]) for i in range(len(data.train))}
+
+    def blocks(seed: int) -> list[list[tuple[int, ...]]]:
+        return _epoch_blocks(stream.train_dataset(sharded, lookup=None, seed=seed, decode_batch_size=rows), 2, id_of)
+
+    a, b, other = blocks(0), blocks(0), blocks(7)
+    shard_ids = []
+    for shard in sharded.splits["train"].shards:
+        t = pq.read_table(pa.BufferReader(storage.read_bytes(storage.join(sharded.url, shard.path))), columns=["id"])
+        shard_ids.append(set(t.column("id").to_pylist()))
+    for epoch in a:
+        assert sorted(i for blk in epoch for i in blk) == sorted(i for ids in shard_ids for i in ids)  # each row once
+        for blk in epoch:
+            assert len(blk) <= rows and sum(set(blk) <= ids for ids in shard_ids) == 1  # one batch of one shard
+    assert [set(e) for e in a] == [set(e) for e in b], "same seed, same batches every epoch"
+    # A new shard order alone would give the same blocks: different blocks mean the rows were reordered too.
+    assert set(a[0]) != set(a[1]), "a new row order in the next epoch"
+    assert set(other[0]) != set(a[0]), "another seed, other batches"
+
+
 def test_corrupt_image_names_shard_and_row_then_skip_counts_it(ray_session, s3_ds, s3_server):
     import ray
 
