@@ -414,6 +414,12 @@ class _ObjectStore:
     def read(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
+    def newest(self, prefix: str) -> float:
+        """The latest write time (Unix seconds) of the objects under ``prefix``; -inf without any."""
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        times = [o["LastModified"].timestamp() for page in pages for o in page.get("Contents", [])]
+        return max(times, default=float("-inf"))
+
 
 def s3_outage(work: Path) -> Outcome:
     """The object store stops answering while ``rayjobs.prepare`` uploads shards, for longer than the command's
@@ -470,6 +476,105 @@ def s3_outage(work: Path) -> Outcome:
         store.stop()
 
 
+# A Ray Train run small enough for half a minute: 2 epochs of ResNet-8 on 5% of CIFAR-10-LT (the fractions are the
+# prepared dataset's: a run takes them from its manifest), one worker with both CPUs. Its small images are loaded
+# into memory, where the loop is exactly a local run's: an uninterrupted `twohead train` of the same configuration
+# is the reference, to the last digit.
+TINY_RAY_DATA = ["--preset", "smoke", "--set", "data.train_fraction=0.05", "--set", "data.eval_fraction=0.2"]
+TINY_RAY_CONFIG = [
+    a for kv in ("optim.epochs=2", "optim.milestones=[]", "run.plots=false", "run.progress=false") for a in ("--set", kv)
+]
+
+
+def s3_outage_run(work: Path) -> Outcome:
+    """The object store a ``rayjobs.train`` run keeps its checkpoints and results in stops answering for 20 s just
+    as Ray Train starts writing the epoch-2 checkpoint, then comes back: with the default retries Ray Train's own
+    checkpoint and snapshot writes (through :func:`rayjobs.storage.ray_storage`) wait for it, and the run ends
+    exactly as an uninterrupted local run of the same configuration (see ``TINY_RAY_CONFIG``)."""
+    store = _ObjectStore()
+    env = store.env
+
+    def train(name: str) -> list[str]:
+        data, runs = "s3://faults/datasets/d", "s3://faults/runs"
+        cmd = [sys.executable, "-m", "rayjobs.train", "--data", data, "--storage", runs, "--name", name, "--preset", "smoke"]
+        return [*cmd, *TINY_RAY_CONFIG, "--cpus-per-worker", "2"]
+
+    def registered_epoch(name: str) -> int:  # the epoch of the latest checkpoint Ray Train has registered
+        if not store.keys(f"runs/{name}/checkpoint_manager_snapshot.json"):
+            return 0
+        latest = json.loads(store.read(f"runs/{name}/checkpoint_manager_snapshot.json"))["latest_checkpoint_result"]
+        return int(latest["metrics"]["epoch"]) if latest else 0
+
+    def summary(text: str) -> dict:  # the command's JSON line (Ray may print other lines after it)
+        lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+
+    local = work / "s3-outage-run-reference"
+    reference_run = [sys.executable, "-m", "twohead.cli", "train", *TINY_RAY_DATA, *TINY_RAY_CONFIG, "--out", str(local)]
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "rayjobs.prepare", "--out", "s3://faults/datasets", "--name", "d", *TINY_RAY_DATA],
+            check=True, capture_output=True, env=env, timeout=1800,
+        )  # fmt: skip
+        ref = subprocess.run(reference_run, capture_output=True, text=True, env=_env(), timeout=1800)
+        (ref_dir,) = local.glob("*") if ref.returncode == 0 else [local]
+        reference = json.loads((ref_dir / "metrics.json").read_text()) if ref.returncode == 0 else {}
+        # The toolkit uploads an epoch's results (with its own retries) before Ray Train writes the checkpoint, so an
+        # outage started from outside would meet the toolkit's write and be over before Ray's. The run's drill mode
+        # (TWOHEAD_FAIL_MODE=pause) marks the moment epoch 2's results are up and holds Ray's write 5 s: the store
+        # goes down inside that window, and Ray Train's checkpoint and snapshot writes meet an outage of 20 s, far
+        # longer than the AWS SDK's default retries last (3 attempts within about 2 s).
+        outage = 20.0
+        log = work / "s3-outage-run.log"
+        drill = {**env, "TWOHEAD_FAIL_AT_EPOCH": "2", "TWOHEAD_FAIL_MODE": "pause"}
+        with open(log, "w") as f:  # a file, not a pipe: Ray's log lines would fill a pipe and block the run
+            proc = subprocess.Popen(train("cut"), stdout=f, stderr=subprocess.STDOUT, text=True, env=drill)
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and not store.keys("runs/cut/_fault-injected-epoch2") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = registered_epoch("cut")  # 1: epoch 2's checkpoint is not written yet
+        store.stop()
+        time.sleep(outage)
+        store.start()
+        back_at = time.time()
+        proc.wait(timeout=1800)
+        # The row tests something only if Ray's write met the outage: epoch 2's checkpoint was written after the
+        # store came back, having waited through it.
+        late = store.newest("runs/cut/checkpoint_") - back_at if before == 1 else float("-inf")
+        restored = summary(log.read_text()).get("restored_epoch")
+        done = store.keys("runs/cut/results/metrics.json") == ["runs/cut/results/metrics.json"]
+        metrics = json.loads(store.read("runs/cut/results/metrics.json")) if done else {}
+        epochs = [json.loads(x)["epoch"] for x in store.read("runs/cut/results/history.jsonl").decode().splitlines()]
+        leftovers = [k for k in store.keys("runs/cut/") if "/_tmp-" in k]
+        # test top-1 and NLL (a float to the last digit) equal the local uninterrupted run's
+        keys = ("top1", "nll")
+        same = proc.returncode == 0 and bool(reference) and all(metrics.get(k) == reference[k] for k in keys)
+        same = same and epochs == [1, 2] and not leftovers and late >= 0
+        said = f"exit {proc.returncode}: "
+        if late >= 0:
+            said += f"Ray Train's epoch-2 checkpoint write waited for the store (done {late:.1f} s after it came back)"
+            said += " and the run went on"
+        else:
+            said += "the outage met no Ray Train write" if before != 1 else "Ray Train's checkpoint write did not wait"
+        if restored:
+            said += f" after a restart from epoch {restored}"
+        if not same:
+            said += f"; BUT epochs {epochs}, {[metrics.get(k) for k in keys]} vs {[reference.get(k) for k in keys]}"
+            said += f", leftovers {leftovers[:3]}; {_said(log.read_text(), work)} {_said(ref.stderr, work)}"
+        return Outcome(
+            fault="object store down",
+            where=f"`rayjobs.train` (Ray Train, checkpoints and results on S3), as Ray Train writes the epoch-2 "
+            f"checkpoint (of 2), for {outage:.0f} s",
+            outcome=said,
+            epochs_lost=2 - restored if restored else 0,
+            trials_lost=None,
+            data_lost=0 if same else 1,
+            ok=same,
+        )
+    finally:
+        store.stop()
+
+
 SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "kill-run-sigint": kill_run(signal.SIGINT),
     "kill-run-sigterm": kill_run(signal.SIGTERM),
@@ -477,6 +582,7 @@ SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "full-disk": full_disk,
     "kill-search": kill_search,
     "s3-outage": s3_outage,
+    "s3-outage-run": s3_outage_run,
     "postgres-restart": postgres_restart,
 }
 

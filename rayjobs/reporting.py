@@ -99,6 +99,7 @@ class TrainReporter:
             m["run_dir"] = self.upload_url or self.run_dir
         if rank == 0:
             self._publish()
+            self._maybe_pause(int(metrics["epoch"]))
         if make_state is None or rank != 0:
             self._report(m)
             return
@@ -116,9 +117,25 @@ class TrainReporter:
         if storage.resolve(self.upload_url)[1] != storage.resolve(self.run_dir)[1]:
             storage.upload_dir(self.run_dir, self.upload_url)
 
+    def _maybe_pause(self, epoch: int) -> None:
+        """``TWOHEAD_FAIL_MODE=pause``: once, at the end of epoch k, after this epoch's results are uploaded and
+        before Ray Train writes its checkpoint, write the marker and hold the report ``pause_s`` seconds -- the
+        window a drill uses to take the object store down so that Ray Train's own write meets the outage."""
+        at, marker = self.fault.get("at_epoch"), self.fault.get("marker")
+        if self.fault.get("mode") != "pause" or not at or epoch != int(at) or not marker:
+            return
+        import time
+
+        from rayjobs import storage
+
+        if storage.exists(marker):
+            return
+        storage.write_bytes(marker, f"paused the report of epoch {epoch}\n".encode())
+        time.sleep(float(self.fault.get("pause_s", 5.0)))
+
     def _maybe_fail(self, epoch: int, rank: int) -> None:
         at, marker = self.fault.get("at_epoch"), self.fault.get("marker")
-        if rank != 0 or not at or epoch != int(at) or not marker:
+        if rank != 0 or not at or epoch != int(at) or not marker or self.fault.get("mode") == "pause":
             return
         from rayjobs import storage
 

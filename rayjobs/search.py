@@ -54,7 +54,9 @@ from rayjobs import storage as store
 from rayjobs.connect import RayAddressError, connect, resolve
 from rayjobs.report import Report, dashboard_command, retrain_command, write_report
 from rayjobs.retrain import retrain_best
+from rayjobs.search_lock import SearchLocked, hold, releases_locks
 from rayjobs.search_space import SearchSpaceError, SearchSpec, load_search_space
+from rayjobs.searcher import DB_TIMEOUT_S, DatabaseOutage, set_db_timeout
 from rayjobs.seeding import DEFAULT_TOP, Segment, enqueue, finished, plan_segments, previous_sampler, resolve_warm_start
 from rayjobs.study import (
     SearchError,
@@ -107,6 +109,7 @@ class SearchResult:
         return dashboard_command(self.storage.display)
 
 
+@releases_locks
 def run_search(
     spec: SearchSpec,
     out: str | Path,
@@ -155,6 +158,7 @@ def run_search(
     # A server URL that cannot be opened is refused before anything is written (SQLite lives in --out: opened below).
     study_store = open_storage(ss.url) if ss.sqlite_path is None else None
     out.mkdir(parents=True, exist_ok=True)
+    hold(out)  # one driver per folder (its SQLite study, its record) until this call returns
     snapshot = None
     if ss.sqlite_path is not None and record != str(out):
         snapshot = store.join(experiment, ss.sqlite_path.name)
@@ -287,6 +291,16 @@ def _recorded_meta(record: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` or the first exception of ``kind`` in its cause / context chain."""
+    seen: BaseException | None = exc
+    for _ in range(16):
+        if seen is None or isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m rayjobs.search",
@@ -352,6 +366,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"retries of a failed trial from its last checkpoint (default {DEFAULT_MAX_FAILURES}: spot nodes)",
     )
     ap.add_argument("--num-cpus", type=int, help="CPUs of the local Ray this command starts (default: all)")
+    ap.add_argument(
+        "--db-timeout",
+        type=float,
+        default=DB_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long the search waits out an unreachable study database (a failover, a restart) before it stops "
+        f"(default {DB_TIMEOUT_S:.0f}); trials keep training meanwhile",
+    )
     ap.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune progress output")
     return ap
 
@@ -364,6 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # Tune prints the trials; Optuna's per-trial INFO is noise
     if args.max_failures < 0:
         print(f"error: --max-failures {args.max_failures} must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        set_db_timeout(args.db_timeout)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         if args.retrain_best is not None:
@@ -410,12 +437,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             warm_start=args.warm_start,
             warm_start_top=args.warm_start_top,
         )
-    except (SearchSpaceError, SearchError, RayAddressError, store.StorageError, store.DatasetError, ValueError) as exc:
+    except (
+        SearchSpaceError,
+        SearchError,
+        SearchLocked,
+        RayAddressError,
+        store.StorageError,
+        store.DatasetError,
+        ValueError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # Tune re-raises a searcher's error wrapped in its own
+        outage = _cause(exc, DatabaseOutage)
+        if outage is None:
+            raise
+        print(f"error: {outage}", file=sys.stderr)
+        return 1
     print(res.report.text)
     print(
         f"Report: {store.join(res.record, 'report', 'report.md')}"

@@ -47,14 +47,17 @@ from rayjobs import storage as store
 from rayjobs.objectives import ASHA_KEY, CHOICE_KEY, CHOSEN_PREFIX, SCORE_KEY, TrialScoring, scoring_for
 
 __all__ = [
+    "DB_TIMEOUT_S",
     "INTERRUPTED",
     "RECORDED",
+    "DatabaseOutage",
     "StudySearcher",
     "fail_orphans",
     "outcome",
     "reconcile",
     "record_score",
     "run_attrs",
+    "set_db_timeout",
     "tell",
 ]
 
@@ -66,9 +69,23 @@ INTERRUPTED = threading.Event()  # set by the driver's signal handler: stop tell
 # and its first tag: no live driver leaves a trial in that state for a second.
 _DRIVER_STARTED = datetime.datetime.now()
 _ASK_WINDOW = datetime.timedelta(seconds=1)
-# How long a searcher call waits for the study's database to answer again (a server restart, a failover) before
-# the driver gives up; trials go on training meanwhile, their results wait in Tune's queue.
-DB_RETRY_S = 300.0
+# How long a searcher call waits for the study's database to answer again before the driver gives up (the default
+# of rayjobs.search --db-timeout): a managed PostgreSQL's Multi-AZ failover takes one to two minutes, a restart or a
+# minor-version upgrade several. Trials go on training meanwhile; their results wait in Tune's queue.
+DB_TIMEOUT_S = 900.0
+_db_timeout_s = DB_TIMEOUT_S
+
+
+def set_db_timeout(seconds: float) -> None:
+    """How long searcher calls in this process wait out an unreachable study database (``--db-timeout``)."""
+    global _db_timeout_s
+    if not seconds > 0:
+        raise ValueError(f"--db-timeout {seconds:g} must be > 0 seconds")
+    _db_timeout_s = float(seconds)
+
+
+class DatabaseOutage(RuntimeError):
+    """The study's database did not answer for the whole ``--db-timeout``."""
 
 
 def _transient(exc: BaseException) -> bool:
@@ -87,22 +104,39 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _waits_for_database(method: Callable) -> Callable:
-    """Retry a searcher call while the study's database is unreachable (:data:`DB_RETRY_S`). Each call may be
-    repeated: attributes and values are set again to the same value, and ``suggest`` resumes the trial it asked."""
+    """Retry a searcher call while the study's database is unreachable, for up to ``--db-timeout`` seconds
+    (:func:`set_db_timeout`), saying so in one line when the wait starts and one when the database is back; then
+    :class:`DatabaseOutage`. Each call may be repeated: attributes and values are set again to the same value, and
+    ``suggest`` resumes the trial it asked."""
 
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        deadline, pause = time.monotonic() + DB_RETRY_S, 0.5
+        start, pause, waiting = time.monotonic(), 0.5, False
         while True:
             try:
-                return method(self, *args, **kwargs)
+                out = method(self, *args, **kwargs)
             except Exception as exc:
-                if not _transient(exc) or time.monotonic() + pause > deadline:
+                if not _transient(exc):
                     raise
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-                log.warning("the study's database did not answer (%s); retrying in %.1f s", first, pause)
+                if time.monotonic() + pause > start + _db_timeout_s:
+                    raise DatabaseOutage(
+                        f"the study's database did not answer for {_db_timeout_s:.0f} s (--db-timeout) ({first}); the "
+                        "finished trials are in the study: run the same command once it is back to resume the search"
+                    ) from exc
+                if not waiting:
+                    log.warning(
+                        "the study's database did not answer (%s); waiting for it, up to %.0f s (--db-timeout)",
+                        first,
+                        _db_timeout_s,
+                    )
+                    waiting = True
                 time.sleep(pause)
                 pause = min(pause * 2, 10.0)
+                continue
+            if waiting:
+                log.warning("the study's database answered again after %.0f s; the search goes on", time.monotonic() - start)
+            return out
 
     return call
 

@@ -85,7 +85,7 @@ def trainable(fn: Any, job: TrialJob) -> Any:
 def run_config(name: str, storage_path: str, max_failures: int, verbose: int) -> Any:
     from ray import tune
 
-    fs, path = store.resolve(storage_path)
+    fs, path = store.ray_storage(storage_path)
     return tune.RunConfig(
         name=name,
         storage_path=path,
@@ -102,7 +102,7 @@ def restore_or_new(path: str, trainable: Any, restart_errored: bool, new: Any) -
 
     # Epochs without a validation pass (run.eval_every > 1) report no metric; ASHA and the searcher skip them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    fs, fs_path = store.resolve(path)
+    fs, fs_path = store.ray_storage(path)
     if tune.Tuner.can_restore(fs_path, storage_filesystem=fs):
         print(f"Resuming the search in {path} (finished trials are kept)", flush=True)
         tuner = tune.Tuner.restore(

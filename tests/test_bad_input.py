@@ -148,6 +148,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ),
     ("search-space-file", ["-m", "rayjobs.search", "--space", "missing.yaml", "--out", "o"], r"'missing\.yaml' does not exist"),
     (
+        "search-db-timeout",
+        ["-m", "rayjobs.search", "--preset", "smoke", "--db-timeout", "0", "--out", "o"],
+        r"--db-timeout 0 must be > 0 seconds",
+    ),
+    (
         "search-num-samples",
         ["-m", "rayjobs.search", "--preset", "smoke", "--out", "o", "--num-samples", "0"],
         r"smoke\.yaml: search: num_samples=0: input should be greater than or equal to 1",
@@ -309,6 +314,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-backbone", ["-m", "rayjobs.bench", "--backbones", "resnet7"], r"model\.backbone='resnet7': unknown backbone"),
     ("bench-steps", ["-m", "rayjobs.bench", "--steps", "-1"], r"--steps -1 must be >= 0"),
     ("bench-method", ["-m", "rayjobs.bench", "--methods", "magic"], r"method\.name='magic': input should be 'ce'"),
+    ("bench-stream-cores", ["-m", "rayjobs.bench_stream", "--cores", "999"], r"--cores 999 must be 1\.\.\d+"),
 ]
 
 

@@ -301,6 +301,54 @@ def test_a_located_url_keeps_its_endpoint_and_retries_in_another_process(monkeyp
         server.stop()
 
 
+@pytest.mark.timeout(120)
+def test_ray_storage_keeps_its_retries_when_pickled(monkeypatch):
+    """Ray Train and Tune pickle ``storage_filesystem`` into every process: the one :func:`storage.ray_storage`
+    gives (s3fs in pyarrow's FSSpecHandler) writes through a 5 s outage after a pickle round trip made where no AWS
+    variable is set any more."""
+    import pickle
+    import threading
+
+    import boto3
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("TWOHEAD_S3_RETRIES", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="ray-storage")
+    fs, path = storage.ray_storage("s3://ray-storage/runs")
+    assert isinstance(fs, pafs.PyFileSystem) and path == "ray-storage/runs"
+    fs = pickle.loads(pickle.dumps(fs))
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the settings travel inside the pickle
+    server.stop()
+    back = threading.Event()
+
+    def restart() -> None:
+        nonlocal server
+        time.sleep(5)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        back.set()
+
+    threading.Thread(target=restart, daemon=True).start()
+    try:
+        with fs.open_output_stream(f"{path}/cut/checkpoint_000001/state.pt") as f:
+            f.write(b"checkpoint")
+        assert back.is_set(), "the write returned while the store was still down"
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        assert storage.read_bytes("s3://ray-storage/runs/cut/checkpoint_000001/state.pt") == b"checkpoint"
+        assert storage.ray_storage("file:///tmp/x")[1] == "/tmp/x"  # other URLs resolve as everywhere else
+    finally:
+        back.wait(30)
+        server.stop()
+
+
 def test_upload_dir_is_complete_when_marker_exists(tmp_path, bucket):
     src = tmp_path / "run"
     (src / "sub").mkdir(parents=True)

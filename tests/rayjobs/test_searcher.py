@@ -253,3 +253,78 @@ def test_an_error_that_a_retry_cannot_cure_is_raised_at_once(spec, url, monkeypa
     with pytest.raises(ValueError, match="bad"):
         s.suggest("a")
     assert slept == []
+
+
+class _Clock:
+    """A monotonic clock that ``sleep`` advances: a long outage in no time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def _down_for(storage, method: str, seconds: float, clock: _Clock, monkeypatch) -> list[float]:
+    """``storage.<method>`` refuses connections for ``seconds`` of ``clock``, then works; returns the call times."""
+    import sqlalchemy.exc
+
+    real, calls, until = getattr(storage, method), [], clock.now + seconds
+
+    def down(*args, **kwargs):
+        calls.append(clock.now)
+        if clock.now < until:
+            raise sqlalchemy.exc.OperationalError("SELECT ...", {}, Exception("connection refused"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage, method, down)
+    return calls
+
+
+def test_a_database_outage_is_waited_out_as_long_as_db_timeout_says(spec, url, monkeypatch, caplog):
+    """A 20-minute outage (longer than the default) is waited out under --db-timeout 1800, with one line when the
+    wait starts and one when the database is back; the trial is recorded once."""
+    import logging
+
+    from rayjobs import searcher
+
+    clock = _Clock()
+    monkeypatch.setattr(searcher, "time", clock)
+    monkeypatch.setattr(searcher, "_db_timeout_s", searcher.DB_TIMEOUT_S)
+    searcher.set_db_timeout(1800)
+    s = _searcher(spec)
+    s.study  # noqa: B018 - opens the storage
+    calls = _down_for(s._live["storage"], "set_trial_user_attr", 1200.0, clock, monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="rayjobs.search"):
+        params = s.suggest("a")
+    said = [r.getMessage() for r in caplog.records if r.name == "rayjobs.search"]
+    assert len(said) == 2, said
+    assert said[0].startswith("the study's database did not answer") and "up to 1800 s (--db-timeout)" in said[0]
+    assert said[1].startswith("the study's database answered again after 12") and said[1].endswith("the search goes on")
+    assert calls[-1] - calls[0] >= 1200 and max(b - a for a, b in zip(calls, calls[1:])) <= 10.0  # polls every <=10 s
+    (t,) = optuna.load_study(study_name=spec.study_name, storage=url).trials
+    assert t.params == params and t.user_attrs["tune_trial_id"] == "a"
+
+
+def test_an_outage_longer_than_db_timeout_stops_with_one_line(spec, url, monkeypatch, tmp_path):
+    """Past --db-timeout the call raises DatabaseOutage (the driver prints it as one line, exit 1); a bad
+    --db-timeout is refused."""
+    from rayjobs import searcher
+
+    clock = _Clock()
+    monkeypatch.setattr(searcher, "time", clock)
+    monkeypatch.setattr(searcher, "_db_timeout_s", searcher.DB_TIMEOUT_S)
+    searcher.set_db_timeout(60)
+    s = _searcher(spec)
+    s.study  # noqa: B018
+    start = clock.now
+    _down_for(s._live["storage"], "set_trial_user_attr", 3600.0, clock, monkeypatch)
+    with pytest.raises(searcher.DatabaseOutage, match=r"did not answer for 60 s \(--db-timeout\) \(.*connection refused"):
+        s.suggest("a")
+    assert 50 <= clock.now - start <= 60
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=rf"--db-timeout {bad} must be > 0 seconds"):
+            searcher.set_db_timeout(bad)
