@@ -182,6 +182,10 @@ def ray_storage(url: str) -> tuple[pafs.FileSystem, str]:
         endpoint_url=st.endpoint,
         client_kwargs={"region_name": st.region} if st.region else {},
         config_kwargs=config,
+        # No cached listings and no shared instance: a rerun in the same process must see the snapshot and
+        # checkpoints the previous run wrote (a stale listing made Ray Train start a resumed run from scratch).
+        use_listings_cache=False,
+        skip_instance_cache=True,
     )
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), f"{p.netloc}{p.path}".rstrip("/")
 
