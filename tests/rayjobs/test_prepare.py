@@ -241,56 +241,67 @@ def test_a_write_rides_out_an_object_store_restart(monkeypatch):
         server.stop()
 
 
+class _Store:
+    """A moto S3 server on a free port with one bucket, the environment that reaches it, and outages on demand
+    (moto keeps its objects across a stop and start, as a real bucket outlives an outage)."""
+
+    def __init__(self, monkeypatch, bucket: str):
+        import boto3
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        for k, v in {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        self._start()
+        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+
+    def _start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def down_for(self, seconds: float):
+        """Stop the server now and start it again ``seconds`` later; the returned event is set once it is back."""
+        import threading
+
+        self.server.stop()
+        back = threading.Event()
+
+        def restart() -> None:
+            time.sleep(seconds)
+            self._start()
+            back.set()
+
+        threading.Thread(target=restart, daemon=True).start()
+        return back
+
+
 @pytest.mark.timeout(120)
 def test_a_located_url_keeps_its_endpoint_and_retries_in_another_process(monkeypatch):
     """A stream task gets ``Located`` (not a pickled pyarrow filesystem, which loses its retry strategy): unpickled
     where no AWS variable is set, it still reaches the driver's endpoint and rides out a 5 s outage of the store,
     which the pickled filesystem does not."""
     import pickle
-    import threading
 
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    store = _Store(monkeypatch, "located")
     monkeypatch.setenv("TWOHEAD_S3_RETRIES", "10")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="located")
     storage.write_bytes("s3://located/shards/part-0.parquet", b"shard bytes")
     located = pickle.dumps(storage.Located.of("s3://located/shards/part-0.parquet"))
     pickled_fs = pickle.dumps(storage.resolve("s3://located")[0])
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # the other process: none of the driver's settings
     monkeypatch.delenv("TWOHEAD_S3_RETRIES")
     loc = pickle.loads(located)
-    assert loc.s3 == storage.S3Settings(endpoint, "us-east-1", 10, None)
-
-    def outage() -> threading.Event:
-        server.stop()  # moto keeps its objects across a stop and start
-        back = threading.Event()
-
-        def restart() -> None:
-            nonlocal server
-            time.sleep(5)
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-            server.start()
-            back.set()
-
-        threading.Thread(target=restart, daemon=True).start()
-        return back
-
-    back = outage()
+    assert loc.s3 == storage.S3Settings(store.endpoint, "us-east-1", 10, None)
+    back = store.down_for(5)
     try:
         with pytest.raises(OSError):  # pyarrow's default 3 attempts give up within the outage
             with pickle.loads(pickled_fs).open_input_stream("located/shards/part-0.parquet") as f:
                 f.read()
     finally:
         back.wait(30)
-    back = outage()
+    back = store.down_for(5)
     try:
         fs, path = loc.resolve()
         with fs.open_input_stream(path) as f:
@@ -298,7 +309,7 @@ def test_a_located_url_keeps_its_endpoint_and_retries_in_another_process(monkeyp
         assert back.is_set(), "the read returned while the store was still down"
     finally:
         back.wait(30)
-        server.stop()
+        store.server.stop()
 
 
 @pytest.mark.timeout(120)
@@ -307,46 +318,26 @@ def test_ray_storage_keeps_its_retries_when_pickled(monkeypatch):
     gives (s3fs in pyarrow's FSSpecHandler) writes through a 5 s outage after a pickle round trip made where no AWS
     variable is set any more."""
     import pickle
-    import threading
 
-    import boto3
     import pyarrow.fs as pafs
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    store = _Store(monkeypatch, "ray-storage")
     monkeypatch.delenv("TWOHEAD_S3_RETRIES", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="ray-storage")
     fs, path = storage.ray_storage("s3://ray-storage/runs")
     assert isinstance(fs, pafs.PyFileSystem) and path == "ray-storage/runs"
     fs = pickle.loads(pickle.dumps(fs))
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # the settings travel inside the pickle
-    server.stop()
-    back = threading.Event()
-
-    def restart() -> None:
-        nonlocal server
-        time.sleep(5)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        back.set()
-
-    threading.Thread(target=restart, daemon=True).start()
+    back = store.down_for(5)
     try:
         with fs.open_output_stream(f"{path}/cut/checkpoint_000001/state.pt") as f:
             f.write(b"checkpoint")
         assert back.is_set(), "the write returned while the store was still down"
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint)
         assert storage.read_bytes("s3://ray-storage/runs/cut/checkpoint_000001/state.pt") == b"checkpoint"
         assert storage.ray_storage("file:///tmp/x")[1] == "/tmp/x"  # other URLs resolve as everywhere else
     finally:
         back.wait(30)
-        server.stop()
+        store.server.stop()
 
 
 def test_upload_dir_is_complete_when_marker_exists(tmp_path, bucket):
