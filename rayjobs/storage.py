@@ -164,8 +164,8 @@ def ray_storage(url: str) -> tuple[pafs.FileSystem, str]:
     attempts. So S3 goes through s3fs (fsspec) in pyarrow's ``FSSpecHandler``, the custom-storage route Ray
     documents: an fsspec filesystem is rebuilt from its constructor arguments when unpickled, botocore's standard
     retry mode with ``TWOHEAD_S3_RETRIES`` attempts (exponential backoff, each wait at most 20 s) included.
-    Everything else resolves as :func:`resolve` does (the shard reads keep pyarrow's native S3 client: see README,
-    "Keeping GPUs fed")."""
+    Everything else resolves as :func:`resolve` does (the shard reads keep pyarrow's native S3 client, about twice
+    as cheap per MB: see README, "Fault tolerance and resume")."""
     url = str(url)
     if _scheme(url) not in ("s3", "s3a"):
         return resolve(url)
