@@ -183,7 +183,7 @@ def ray_storage(url: str) -> tuple[pafs.FileSystem, str]:
         client_kwargs={"region_name": st.region} if st.region else {},
         config_kwargs=config,
         # No cached listings and no shared instance: a rerun in the same process must see the snapshot and
-        # checkpoints the previous run wrote (a stale listing made Ray Train start a resumed run from scratch).
+        # checkpoints the previous run wrote, and fsspec would otherwise serve both from its caches.
         use_listings_cache=False,
         skip_instance_cache=True,
     )
