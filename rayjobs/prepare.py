@@ -186,6 +186,11 @@ def prepare(
     storage.check_reachable(out)
     url = storage.join(out, name or default_name(data_cfg))
     state = storage.dataset_state(url)
+    if state == "foreign":  # even with --overwrite: replacing it would mix shards into someone else's files
+        raise DatasetExistsError(
+            f"{url} holds files that are not a twohead dataset ({', '.join(storage.foreign_files(url))}); "
+            "choose another --name/--out"
+        )
     if state != "missing" and not overwrite:
         what = "a complete dataset" if state == "complete" else "files of an interrupted prepare (no manifest)"
         raise DatasetExistsError(f"{url} already holds {what}; pass --overwrite to replace it, or choose another --name/--out")

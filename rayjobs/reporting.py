@@ -11,7 +11,8 @@ to ``upload_url`` before each report, so the folder is in storage even when the 
 after (ASHA) or the node disappears; a local ``upload_url`` that *is* the run folder is left alone.
 
 Fault injection (tests, drills): ``fault={"at_epoch": k, "marker": URL, "mode": "kill" | "raise"}`` kills rank 0
-once, at the end of epoch k before its report, and writes ``marker`` so the retry passes.
+once, at the end of epoch k before its report (after Ray Train has recorded the previous checkpoint), and writes
+``marker`` so the retry passes.
 """
 
 from __future__ import annotations
@@ -141,10 +142,31 @@ class TrainReporter:
 
         if storage.exists(marker):
             return
+        self._wait_for_registered_checkpoint(marker)
         storage.write_bytes(marker, f"killed rank 0 at the end of epoch {epoch}\n".encode())
         if self.fault.get("mode") == "raise":
             raise RuntimeError(f"injected failure at epoch {epoch} (TWOHEAD_FAIL_AT_EPOCH)")
         os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-run, as on a preempted node
+
+    def _wait_for_registered_checkpoint(self, marker: str, timeout_s: float = 60.0) -> None:
+        """Hold the drill until Ray Train's controller has recorded the newest checkpoint in the run folder.
+
+        ``ray.train.report`` returns once the worker has uploaded the checkpoint; the controller registers it
+        (``checkpoint_manager_snapshot.json``) a moment later. A kill inside that gap leaves a checkpoint that no
+        rerun resumes from -- what a real preemption can do, but not what the drill means to test (a worker dying
+        *after* epoch k-1 was checkpointed), and a short epoch made the gap a coin flip."""
+        import time
+
+        from rayjobs import storage
+
+        run_url = marker.rsplit("/", 1)[0]
+        snapshot = storage.join(run_url, "checkpoint_manager_snapshot.json")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ckpts = sorted(n for n in storage.list_dir(run_url) if n.startswith("checkpoint_"))
+            if not ckpts or (storage.exists(snapshot) and ckpts[-1] in storage.read_bytes(snapshot).decode()):
+                return
+            time.sleep(0.2)
 
 
 class TuneReporter(TrainReporter):
@@ -167,3 +189,6 @@ class TuneReporter(TrainReporter):
 
     def _rank(self) -> int:
         return 0
+
+    def _wait_for_registered_checkpoint(self, marker: str, timeout_s: float = 60.0) -> None:
+        return None  # a Tune trial's folder holds no Ray Train controller snapshot to wait for

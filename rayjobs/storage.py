@@ -62,6 +62,7 @@ __all__ = [
     "StorageError",
     "check_reachable",
     "dataset_state",
+    "foreign_files",
     "delete",
     "exists",
     "join",
@@ -518,12 +519,24 @@ class Manifest:
         return [join(self.url, s.path) for s in self.splits[split].shards]
 
 
+DATASET_FOLDERS = ("train", "val", "test", "labels")  # what rayjobs.prepare and rayjobs.labels write next to the manifest
+
+
 def dataset_state(url: str) -> str:
-    """``"missing"`` (nothing there), ``"complete"`` (a manifest) or ``"incomplete"`` (files, no manifest)."""
+    """``"missing"`` (nothing there), ``"complete"`` (a manifest), ``"incomplete"`` (split folders of a prepare
+    that stopped before its manifest) or ``"foreign"`` (files no prepare writes, e.g. a run folder's
+    ``checkpoint.pt``: not a dataset, and never to be overwritten as one)."""
     if exists(join(url, MANIFEST)):
         return "complete"
     files = [f for f in list_files(url) if not f.startswith("_tmp-")]
-    return "incomplete" if files else "missing"
+    if not files:
+        return "missing"
+    return "incomplete" if all(f.split("/", 1)[0] in DATASET_FOLDERS for f in files) else "foreign"
+
+
+def foreign_files(url: str) -> list[str]:
+    """The first few files under ``url`` that are not part of a prepared dataset's layout."""
+    return [f for f in list_files(url) if f.split("/", 1)[0] not in DATASET_FOLDERS and not f.startswith("_tmp-")][:3]
 
 
 def read_manifest(url: str) -> Manifest:
@@ -532,11 +545,15 @@ def read_manifest(url: str) -> Manifest:
         d = read_json(join(url, MANIFEST))
     except FileNotFoundError:
         state = dataset_state(url)
-        hint = (
-            "files are there but no manifest: an interrupted prepare; rerun rayjobs.prepare with --overwrite"
-            if state == "incomplete"
-            else "nothing is there; run rayjobs.prepare first"
-        )
+        if state == "incomplete":
+            hint = "files are there but no manifest: an interrupted prepare; rerun rayjobs.prepare with --overwrite"
+        elif state == "foreign":
+            hint = (
+                f"it holds {', '.join(foreign_files(url))}: not a dataset folder (a run or search folder?); "
+                "give the folder rayjobs.prepare printed"
+            )
+        else:
+            hint = "nothing is there; run rayjobs.prepare first"
         raise DatasetError(f"no prepared dataset at {url}: {join(url, MANIFEST)} does not exist ({hint})") from None
     return Manifest.from_json(d, url=url)
 

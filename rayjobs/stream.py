@@ -176,7 +176,11 @@ def decode_batch(
     else:
         clusters = labels.copy()
     if dropped and counter is not None:
-        counter.add.remote(dropped)
+        import ray
+
+        # Wait for the actor to record them: a fire-and-forget call could still be in flight when the run
+        # reads the summary after its last batch, and the report would miss rows it skipped.
+        ray.get(counter.add.remote(dropped))
     result = {"image": out[keep], "label": labels[keep], "cluster": clusters[keep]}
     if encoded:
         result["id"] = ids[keep]  # names the rows if the GPU decode fails

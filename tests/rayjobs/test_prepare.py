@@ -129,6 +129,24 @@ def test_refuses_to_overwrite_then_overwrites(tmp_path, data_root):
     assert not any(f.startswith("labels/") for f in storage.list_files(m.url))
 
 
+def test_a_folder_of_other_files_is_never_taken_for_a_dataset(tmp_path, data_root):
+    """A run folder given as --data or as prepare's target: named as not a dataset, and left alone even with
+    --overwrite (which would otherwise mix shards into it)."""
+    run = tmp_path / "runs" / "smoke"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"weights")
+    (run / "config.yaml").write_text("method: {u: 5}\n")
+    assert storage.dataset_state(str(run)) == "foreign"
+    with pytest.raises(DatasetError, match=r"it holds checkpoint\.pt, config\.yaml: not a dataset folder") as e:
+        storage.read_manifest(str(run))
+    assert "--overwrite" not in str(e.value)
+    for overwrite in (False, True):
+        with pytest.raises(prepare.DatasetExistsError, match=r"holds files that are not a twohead dataset \(checkpoint\.pt"):
+            prepare.prepare(tiny_cfg(), str(tmp_path / "runs"), name="smoke", overwrite=overwrite)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml"]
+    assert (run / "checkpoint.pt").read_bytes() == b"weights"
+
+
 def test_interrupted_dataset_is_refused_and_reported(tmp_path, data_root):
     ds = tmp_path / "ds"
     (ds / "train").mkdir(parents=True)
