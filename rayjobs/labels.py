@@ -300,13 +300,20 @@ class ClusterLookup:
 
 def load_lookup(url: str) -> tuple[ClusterLookup, dict[str, str]]:
     """The lookup table of a labels file and its metadata."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fs, path = storage.resolve(url)
     with storage._errors(url, "read"):
         if not storage.exists(url):
             raise DatasetError(f"labels file {url} does not exist; create it with python -m rayjobs.labels")
-        t = pq.read_table(path, filesystem=fs)
+        try:
+            t = pq.read_table(path, filesystem=fs)
+        except pa.ArrowInvalid as e:  # empty, truncated or not Parquet (an OSError is the store's, handled above)
+            raise DatasetError(
+                f"labels file {url} is not a readable Parquet file ({' '.join(str(e).split())}); "
+                "recreate it with python -m rayjobs.labels --overwrite"
+            ) from None
     for c in ("id", "cluster"):
         if c not in t.column_names:
             raise DatasetError(f"labels file {url} has no {c!r} column (columns: {t.column_names})")

@@ -183,7 +183,7 @@ def prepare(
     from twohead.data import build_data
 
     data_cfg = cfg.data if hasattr(cfg, "data") else cfg
-    storage.check_reachable(out)
+    storage.check_reachable(out, "--out")
     url = storage.join(out, name or default_name(data_cfg))
     state = storage.dataset_state(url)
     if state == "foreign":  # even with --overwrite: replacing it would mix shards into someone else's files

@@ -369,6 +369,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SearchError, store.StorageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from twohead.folders import OutputFolderError, check_writable
+
+    try:
+        if args.out is not None:
+            check_writable(args.out, "--out")
+        elif local is not None:
+            check_writable(local, "the search folder (give --out for the report)")
+    except OutputFolderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = args.out or local or Path(tempfile.mkdtemp(prefix="twohead-report-"))
     root = record.root if remote else str(out)
     rep = write_report(

@@ -81,6 +81,7 @@ from rayjobs.tuning import (
     restore_or_new,
     trainable,
 )
+from twohead.folders import check_writable
 
 __all__ = ["DEFAULT_MAX_FAILURES", "SearchResult", "main", "retrain_best", "run_search"]
 
@@ -132,13 +133,13 @@ def run_search(
     import ray
 
     t0, started_at = time.perf_counter(), datetime.datetime.now()  # Optuna stamps trials with naive local time
-    out = Path(out).resolve()
+    out = check_writable(Path(out).resolve(), "--out")
     target = None if ray.is_initialized() else resolve(address)  # before anything is written
     warm = resolve_warm_start(warm_start, warm_start_top) if warm_start else None
     ss = study_storage(storage_url, out, spec.study_name)
     root = storage_path.rstrip("/") if storage_path else str(out)
     if storage_path:
-        store.check_reachable(storage_path)
+        store.check_reachable(storage_path, "--storage-path")
     experiment = store.join(root, spec.study_name)
     record = experiment if storage_path else str(out)
     plan = None

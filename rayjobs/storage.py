@@ -266,10 +266,17 @@ def _errors(url: str, action: str) -> Iterator[None]:
         raise StorageError(f"cannot {action} {url}{where}: {msg}") from e
 
 
-def check_reachable(url: str) -> None:
-    """Fail fast with a clear error if the store behind ``url`` is unreachable or its bucket is missing."""
+def check_reachable(url: str, what: str = "output folder") -> None:
+    """Fail fast with a clear error if the store behind the output location ``url`` is unreachable or its bucket
+    is missing, or if ``url`` is a local folder that cannot be created or written (``what`` names it)."""
     fs, path = resolve(url, attempts=min(QUICK_ATTEMPTS, _attempts()) if _is_object_store(url) else None)
     if not _is_object_store(url):
+        from twohead.folders import OutputFolderError, check_writable
+
+        try:
+            check_writable(path, what)
+        except OutputFolderError as e:
+            raise StorageError(str(e)) from None
         return
     bucket = path.split("/", 1)[0]
     with _errors(url, "reach"):
@@ -541,6 +548,8 @@ def foreign_files(url: str) -> list[str]:
 
 def read_manifest(url: str) -> Manifest:
     url = str(url).rstrip("/")
+    if not _is_object_store(url) and os.path.isfile(resolve(url)[1]):
+        raise DatasetError(f"no prepared dataset at {url}: it is a file; give the dataset folder rayjobs.prepare printed")
     try:
         d = read_json(join(url, MANIFEST))
     except FileNotFoundError:

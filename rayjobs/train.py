@@ -255,7 +255,7 @@ def run(
     if not elastic_resize_interval_s >= 0:
         raise ValueError(f"--elastic-resize-interval {elastic_resize_interval_s!r} must be >= 0 seconds")
     target = None if ray.is_initialized() else resolve(address)
-    storage.check_reachable(storage_url)
+    storage.check_reachable(storage_url, "--storage")
     plan = plan_dataset(data_url, verify=verify, stream=stream, skip_invalid=True)
     manifest = plan.manifest_obj
     cfg = apply_manifest(cfg, manifest)

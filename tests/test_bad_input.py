@@ -315,11 +315,108 @@ CASES: list[tuple[str, list[str], str]] = [
     ("bench-steps", ["-m", "rayjobs.bench", "--steps", "-1"], r"--steps -1 must be >= 0"),
     ("bench-method", ["-m", "rayjobs.bench", "--methods", "magic"], r"method\.name='magic': input should be 'ce'"),
     ("bench-stream-cores", ["-m", "rayjobs.bench_stream", "--cores", "999"], r"--cores 999 must be 1\.\.\d+"),
+    # Hostile inputs a new user meets: outputs that cannot be written (a file on the way; /proc takes no new folder
+    # even for root), folders of the wrong kind, half-written or empty files, values of the wrong shape.
+    (
+        "train-out-unwritable",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "/proc/twohead-x"],
+        r"run folder /proc/twohead-x/\S+: cannot write in /proc \(.+\); choose a folder you can write",
+    ),
+    (
+        "prepare-out-unwritable",
+        ["-m", "rayjobs.prepare", "--out", "/proc/twohead-x", "--preset", "smoke"],
+        r"--out /proc/twohead-x: cannot write in /proc \(.+\); choose a folder you can write",
+    ),
+    (
+        "prepare-out-file",
+        ["-m", "rayjobs.prepare", "--out", "afile", "--preset", "smoke"],
+        r"--out \S*afile: \S*afile is a file, not a folder; choose another --out",
+    ),
+    (
+        "prepare-into-run-folder",
+        ["-m", "rayjobs.prepare", "--out", ".", "--name", "fakerun", "--preset", "smoke", "--overwrite"],
+        r"fakerun holds files that are not a twohead dataset \(checkpoint\.pt, config\.yaml\); choose another",
+    ),
+    (
+        "search-out-unwritable",
+        ["-m", "rayjobs.search", "--preset", "smoke", "--out", "/proc/twohead-x"],
+        r"--out /proc/twohead-x: cannot write in /proc",
+    ),
+    ("search-out-file", ["-m", "rayjobs.search", "--preset", "smoke", "--out", "afile"], r"--out \S*afile: \S*afile is a file"),
+    (
+        "train-ray-storage-unwritable",
+        ["-m", "rayjobs.train", "--data", "nowhere", "--storage", "/proc/twohead-x", "--name", "x"],
+        r"--storage /proc/twohead-x: cannot write in /proc",
+    ),
+    (
+        "train-ray-data-run-folder",
+        ["-m", "rayjobs.train", "--data", "fakerun", "--storage", "o", "--name", "x"],
+        r"no prepared dataset at fakerun: .*it holds checkpoint\.pt, config\.yaml: not a dataset folder \(a run or search",
+    ),
+    (
+        "labels-data-run-folder",
+        ["-m", "rayjobs.labels", "--data", "fakerun"],
+        r"no prepared dataset at fakerun: .*not a dataset folder",
+    ),
+    ("labels-data-file", ["-m", "rayjobs.labels", "--data", "afile"], r"no prepared dataset at afile: it is a file"),
+    (
+        "train-ray-data-interrupted",
+        ["-m", "rayjobs.train", "--data", "halfds", "--storage", "o", "--name", "x"],
+        r"no prepared dataset at halfds: .*an interrupted prepare; rerun rayjobs\.prepare with --overwrite",
+    ),
+    (
+        "reproduce-out-unwritable",
+        ["-m", "rayjobs.reproduce", "--methods", "ce", "--seeds", "0", "--epochs", "1", "--out", "/proc/twohead-x"],
+        r"--out /proc/twohead-x: cannot write in /proc",
+    ),
+    (
+        "reproduce-work-file",
+        ["-m", "rayjobs.reproduce", "--methods", "ce", "--seeds", "0", "--epochs", "1", "--work", "afile"],
+        r"--work afile: afile is a file, not a folder; choose another --work",
+    ),
+    ("eval-truncated", ["-m", "twohead.cli", "eval", "trunc.pt"], r"trunc\.pt is not a readable checkpoint"),
+    ("eval-empty-checkpoint", ["-m", "twohead.cli", "eval", "empty.pt"], r"empty\.pt is not a readable checkpoint"),
+    ("eval-dataset-folder", ["-m", "twohead.cli", "eval", "halfds"], r"run folder halfds holds no checkpoint\.pt"),
+    (
+        "config-list",
+        ["-m", "twohead.cli", "train", "--config", "toplist.yaml", "--out", "o"],
+        r"config file 'toplist\.yaml' must hold a mapping of sections",
+    ),
+    (
+        "config-section-scalar",
+        ["-m", "twohead.cli", "train", "--config", "sectscalar.yaml", "--out", "o"],
+        r"section 'method' is not one of data, model, method, optim, run holding a mapping",
+    ),
+    (
+        "set-section-only",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "method=5"],
+        r"override key 'method' must be section\.key",
+    ),
+    ("set-bool-for-number", ["-m", "twohead.cli", "train", "--out", "o", "--set", "data.imbalance=true"], r"not true/false"),
+    (
+        "set-list-for-number",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "method.alpha=[0.5]"],
+        r"method\.alpha=\[0\.5\]: input should be a valid number",
+    ),
+    (
+        "parquet-empty",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "data.dataset=parquet", "--set", "data.path=pq_empty"],
+        r"cannot read Parquet file pq_empty/train\.parquet: Parquet file size is 0 bytes",
+    ),
+    (
+        "parquet-truncated",
+        ["-m", "twohead.cli", "train", "--out", "o", "--set", "data.dataset=parquet", "--set", "data.path=pq_trunc"],
+        r"cannot read Parquet file pq_trunc/train\.parquet: .*magic bytes",
+    ),
+    ("search-space-empty", ["-m", "rayjobs.search", "--space", "empty.yaml", "--out", "o"], r"empty\.yaml: a search space must"),
+    ("search-space-list", ["-m", "rayjobs.search", "--space", "toplist.yaml", "--out", "o"], r"got list"),
 ]
 
 
 def _inputs(d: Path) -> None:
     """The inputs the cases refer to, relative to their working folder."""
+    import io
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -331,11 +428,32 @@ def _inputs(d: Path) -> None:
     (d / "afile").write_text("not a folder")
     (d / "corrupt.pt").write_bytes(b"\x80\x02 not a checkpoint")
     (d / "norun").mkdir()
+    (d / "fakerun").mkdir()  # a run folder where a dataset is expected
+    (d / "fakerun" / "checkpoint.pt").write_bytes(b"weights")
+    (d / "fakerun" / "config.yaml").write_text(GOOD_YAML)
+    (d / "halfds" / "train").mkdir(parents=True)  # a prepare stopped before its manifest
+    (d / "halfds" / "train" / "part-00000.parquet").write_bytes(b"half written")
+    (d / "toplist.yaml").write_text("- method\n- optim\n")
+    (d / "sectscalar.yaml").write_text("method: 5\n")
+    (d / "empty.yaml").write_text("")
+    (d / "empty.pt").write_bytes(b"")
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"model": torch.zeros(4096)}, buf)
+    (d / "trunc.pt").write_bytes(buf.getvalue()[:5000])  # a checkpoint cut mid-write (no atomic rename)
     (d / "emptydir").mkdir()
     (d / "mixed").mkdir()
     png = _png_bytes()
     for split, labels in (("train", ["cat", "dog"] * 4), ("test", [0, 1] * 2)):
         pq.write_table(pa.table({"image": [png] * len(labels), "label": labels}), d / "mixed" / f"{split}.parquet")
+    for folder in ("pq_empty", "pq_trunc"):
+        (d / folder).mkdir()
+    for split in ("train", "test"):
+        (d / "pq_empty" / f"{split}.parquet").write_bytes(b"")
+        pq.write_table(pa.table({"image": [png] * 8, "label": [0, 1] * 4}), d / "pq_trunc" / f"{split}.parquet")
+        whole = (d / "pq_trunc" / f"{split}.parquet").read_bytes()
+        (d / "pq_trunc" / f"{split}.parquet").write_bytes(whole[: len(whole) // 2])
 
 
 def _png_bytes() -> bytes:

@@ -22,6 +22,7 @@ import torch
 
 from . import atomic
 from .config import TrainConfig, result_identity
+from .folders import OutputFolderError, check_writable
 
 log = logging.getLogger("twohead")
 
@@ -181,6 +182,10 @@ def claim_run_dir(out: Path, cfg: TrainConfig, resuming: bool) -> None:
     blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise RunExistsError(f"{out} cannot be a run folder: {blocker} is a file; choose another run.name or out folder")
+    try:
+        check_writable(out, "run folder")
+    except OutputFolderError as e:
+        raise RunExistsError(str(e)) from None
     if out.exists() and any(out.iterdir()) and not resuming:
         if not cfg_file.is_file():
             raise RunExistsError(f"{out} is not empty and holds no twohead run; choose another run.name or out folder")

@@ -129,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             sets=args.sets,
             work=work,
         )
+        if not args.dry_run:
+            from twohead.folders import check_writable
+
+            check_writable(out, "--out")
+            if not args.report_only:
+                check_writable(work, "--work")
     except (ConfigError, ValueError) as e:
         print(f"reproduce: error: {e}", file=sys.stderr)
         return 2
