@@ -22,6 +22,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+from rayjobs import signals
+
 __all__ = ["PROBE_TIMEOUT_S", "RayAddressError", "Target", "connect", "resolve"]
 
 PROBE_TIMEOUT_S = float(os.environ.get("TWOHEAD_RAY_PROBE_TIMEOUT_S", "5"))
@@ -154,23 +156,32 @@ def connect(
         return False
     if not isinstance(target, Target):
         target = resolve(target)
+    ctx = None
     try:
-        if target.address is not None:
-            ray.init(address=target.address, log_to_driver=log_to_driver)
-            return True
-        # "local" forces a fresh instance even when a `ray start` cluster runs here: joining one is explicit.
-        ctx = ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count(),
-            object_store_memory=object_store_mb * 2**20,
-            include_dashboard=include_dashboard,
-            dashboard_host="127.0.0.1",
-            log_to_driver=log_to_driver,
-        )
+        with signals.held() as held:
+            if target.address is not None:
+                ray.init(address=target.address, log_to_driver=log_to_driver)
+            else:
+                # "local" forces a fresh instance even when a `ray start` cluster runs here: joining one is explicit.
+                ctx = ray.init(
+                    address="local",
+                    num_cpus=num_cpus or os.cpu_count(),
+                    object_store_memory=object_store_mb * 2**20,
+                    include_dashboard=include_dashboard,
+                    dashboard_host="127.0.0.1",
+                    log_to_driver=log_to_driver,
+                )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         where = target.address or "a local Ray"
         raise RayAddressError(f"cannot join {where} ({target.source}): {first}") from None
+    if held:
+        # Ctrl-C while Ray was starting: stop now, with Ray torn down (the caller has not taken it over yet;
+        # rayjobs.signals says why the signal waited)
+        ray.shutdown()
+        raise KeyboardInterrupt
+    if target.address is not None:
+        return True
     if include_dashboard and getattr(ctx, "dashboard_url", None):
         print(f"Ray dashboard (while this command runs): http://{ctx.dashboard_url}", flush=True)
     return True

@@ -254,6 +254,14 @@ def _start_search(work: Path, out: Path, env: dict[str, str], *extra: str) -> tu
     raise TimeoutError("no finished and no running trial within 900 s")
 
 
+def _rerun(cmd: list[str], out: Path, env: dict) -> subprocess.CompletedProcess:
+    """Run the search command again; its output is kept beside the first run's (``<out>.rerun.log``), the record
+    to read when a row says the search did not end whole."""
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    out.with_suffix(".rerun.log").write_text(r.stdout + r.stderr)
+    return r
+
+
 def _cut(out: Path, url: str | None) -> dict[int, tuple[int, int]]:
     """For each trial the study has RUNNING after a fault: (epochs it trained, epoch of its newest checkpoint)."""
     cut = {}
@@ -293,6 +301,10 @@ def _search_outcome(out: Path, url: str | None, finished: dict, rerun_rc: int, s
     )
     if not whole:
         said += f"; BUT the search ended with exit {rerun_rc} and trials { ({n: f'{v[0]} {v[1]}' for n, v in sorted(after.items())}) }"
+        log = out.with_suffix(".rerun.log")
+        if log.is_file():
+            errors = [ln.strip()[:300] for ln in log.read_text().splitlines() if "Error" in ln or "error" in ln]
+            said += f" (the rerun's output: {log}; its last error lines: {errors[-3:]})"
     return lost, whole, said
 
 
@@ -311,7 +323,7 @@ def kill_search(work: Path) -> Outcome:
     proc.wait()
     finished = {t.number: (t.state.name, t.values) for t in _trials(out) if t.state.name == "COMPLETE"}
     trained = _cut(out, None)
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1800)
+    r = _rerun(cmd, out, _env())
     resumed = ", ".join(f"trial {n} from epoch {c} (had trained {h})" for n, (h, c) in sorted(trained.items()))
     said = f"nothing printed (killed); the rerun kept {len(finished)} finished trial(s) and resumed {resumed or 'none'}"
     return _search_row("SIGKILL (driver + its local Ray)", "", out, None, finished, trained, r.returncode, said)
@@ -369,8 +381,7 @@ def postgres_restart(work: Path) -> Outcome:
         if first != 0:
             text = out.with_suffix(".log").read_text()
             trained = _cut(out, url)
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-            rc = r.returncode
+            rc = _rerun(cmd, out, env).returncode
             said = f"exit {first}, said {_said(text, work)}; the rerun resumed the search"
         return _search_row("PostgreSQL restart", " (study in PostgreSQL)", out, url, finished, trained, rc, said)
     finally:
@@ -575,10 +586,64 @@ def s3_outage_run(work: Path) -> Outcome:
         store.stop()
 
 
+def ctrl_c_ray_train(work: Path) -> Outcome:
+    """Ctrl-C in the terminal of a ``rayjobs.train`` run on a local Ray, once Ray Train has registered epoch 1's
+    checkpoint (of 2): SIGINT to the whole process group, the driver and the Ray it started, as a terminal sends
+    it. The command ends with one line (exit 130); the same command resumes from epoch 1 and ends exactly as an
+    uninterrupted local run of the same configuration."""
+    data, runs = work / "ctrl-c-datasets", work / "ctrl-c-runs"
+    cmd = [sys.executable, "-m", "rayjobs.train", "--data", str(data / "d"), "--storage", str(runs), "--name", "cut"]
+    cmd += ["--preset", "smoke", *TINY_RAY_CONFIG, "--cpus-per-worker", "2"]
+    local = work / "ctrl-c-reference"
+    reference_run = [sys.executable, "-m", "twohead.cli", "train", *TINY_RAY_DATA, *TINY_RAY_CONFIG, "--out", str(local)]
+    prepare = [sys.executable, "-m", "rayjobs.prepare", "--out", str(data), "--name", "d", *TINY_RAY_DATA]
+    subprocess.run(prepare, check=True, capture_output=True, env=_env(), timeout=1800)
+    ref = subprocess.run(reference_run, capture_output=True, text=True, env=_env(), timeout=1800)
+    reference = json.loads(next(local.glob("*/metrics.json")).read_text()) if ref.returncode == 0 else {}
+    snapshot = runs / "cut" / "checkpoint_manager_snapshot.json"
+    log = work / "ctrl-c-ray-train.log"
+    with open(log, "w") as f:  # a file, not a pipe: Ray's log lines would fill a pipe and block the run
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and not snapshot.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        first = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        first = proc.wait()
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=1800)
+    summary = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    restored = summary[-1].get("restored_epoch") if summary else None
+    results = runs / "cut" / "results"
+    metrics = json.loads((results / "metrics.json").read_text()) if (results / "metrics.json").is_file() else {}
+    epochs = [h["epoch"] for h in _history(results)]
+    keys = ("top1", "nll")
+    stopped = first == 130 and bool(lines) and lines[-1].startswith("error: SIGINT: run 'cut' stopped")
+    same = r.returncode == 0 and bool(reference) and all(metrics.get(k) == reference[k] for k in keys)
+    same = same and epochs == [1, 2] and restored == 1
+    said = f"exit {first}, said {_said(log.read_text(), work)}; the rerun resumed from epoch {restored}"
+    if not (stopped and same):
+        said += f"; BUT the rerun ended {r.returncode}, epochs {epochs}, {[metrics.get(k) for k in keys]} vs "
+        said += f"{[reference.get(k) for k in keys]}; {_said(r.stderr, work)}"
+    return Outcome(
+        fault="Ctrl-C (SIGINT to the process group)",
+        where="`rayjobs.train` (Ray Train, a local Ray), after epoch 1 of 2 was checkpointed",
+        outcome=said,
+        epochs_lost=1 - restored if restored is not None and restored < 1 else 0,
+        trials_lost=None,
+        data_lost=0 if same else 1,
+        ok=stopped and same,
+    )
+
+
 SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "kill-run-sigint": kill_run(signal.SIGINT),
     "kill-run-sigterm": kill_run(signal.SIGTERM),
     "kill-run-sigkill": kill_run(signal.SIGKILL),
+    "ctrl-c-ray-train": ctrl_c_ray_train,
     "full-disk": full_disk,
     "kill-search": kill_search,
     "s3-outage": s3_outage,

@@ -335,6 +335,23 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _left_behind(cfg: Any, args: argparse.Namespace) -> str:
+    """What an interrupted prepare left in its dataset folder, and how to go on (the staging folder is removed by
+    :func:`prepare` itself; the manifest is published last, so readers never take a partial dataset)."""
+    if cfg is None:
+        return "nothing was written; run the same command again"
+    url = storage.join(args.out, args.name or default_name(cfg.data))
+    try:
+        state = storage.dataset_state(url)
+    except (OSError, storage.StorageError):
+        state = "unknown"
+    if state == "complete":
+        return f"{url} was already published and is complete"
+    if state == "missing":
+        return f"nothing was written to {url}; run the same command again"
+    return f"{url} holds part of a dataset and no manifest (readers refuse it); run the same command with --overwrite"
+
+
 def main(argv: list[str] | None = None) -> int:
     from twohead.config import ConfigError, load_config
     from twohead.data import DataError
@@ -345,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    cfg = None
     try:
         cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
         m = prepare(
@@ -365,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     except storage.StorageError as e:  # unreachable or refused before anything was written
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted: {_left_behind(cfg, args)}", file=sys.stderr)
+        return 130
     rows = {k: v.num_rows for k, v in m.splits.items()}
     print(f"prepared {m.url}: {m.dataset}, {m.num_classes} classes, {m.image_size}px {m.image_format}, rows {rows}")
     return 0

@@ -44,12 +44,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from rayjobs import storage
+from rayjobs import signals, storage
 from rayjobs.connect import RayAddressError
 from rayjobs.dataplane import IN_MEMORY_MAX_BYTES, check_train_labels  # noqa: F401 (re-exported)
 from rayjobs.reporting import STATE_FILE, TrainReporter  # noqa: F401 (STATE_FILE re-exported for tests)
@@ -448,30 +449,11 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    got: list[int] = []  # SIGINT / SIGTERM that arrived during the run (rayjobs.signals)
     try:
         cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
-        out = run(
-            cfg,
-            data_url=args.data,
-            storage_url=args.storage,
-            name=args.name,
-            num_workers=args.num_workers,
-            use_gpu=args.use_gpu,
-            accelerator_type=args.accelerator_type,
-            elastic_resize_interval_s=args.elastic_resize_interval,
-            gpu_decode=args.gpu_decode,
-            max_failures=args.max_failures,
-            cpus_per_worker=args.cpus_per_worker,
-            placement_strategy=args.placement_strategy,
-            labels=args.labels,
-            skip_invalid=args.skip_invalid,
-            verify=args.verify,
-            stream=args.stream,
-            prefetch_batches=args.prefetch_batches,
-            fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
-            fail_mode=os.environ.get("TWOHEAD_FAIL_MODE", "kill"),
-            address=args.address,
-        )
+        with signals.seen() as got:
+            out = _run_from_args(cfg, args)
     except (
         ConfigError,
         DataError,
@@ -481,9 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         RayAddressError,
         ValueError,
     ) as e:
+        if got:
+            return _interrupted(args, got)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingFailedError as e:
+        if got:
+            return _interrupted(args, got)
         # Not bad input: the run started and stopped (a worker or the object store went away for longer than
         # --max-failures restarts / TWOHEAD_S3_RETRIES cover). Its registered checkpoints are whole (Ray Train
         # registers one only once it is uploaded), so the same command resumes from the last of them.
@@ -497,6 +483,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C reaches the local Ray's processes too: the driver then ends with what Ray raises (SystemExit(1)
+        # from a lost raylet), or KeyboardInterrupt (SIGTERM, or SIGINT outside Ray Train's fit)
+        if isinstance(e, SystemExit) and not got:
+            raise
+        return _interrupted(args, got or [signal.SIGINT])
+    if got:  # Ray Train's own SIGINT handler aborted the run and fit returned
+        return _interrupted(args, got)
     m = out.get("metrics") or {}
     keys = ("top1", "many", "medium", "few", "epochs", "train_img_per_s")
     print(
@@ -508,6 +502,48 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def _interrupted(args: argparse.Namespace, got: list[int]) -> int:
+    """One line for a run stopped by Ctrl-C / SIGTERM (Ray torn down first, so it comes last); 128 + signal."""
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - Ray may already be gone with the signal; the line below is what matters
+        pass
+    signum = got[0]
+    print(
+        f"error: {signal.Signals(signum).name}: run {args.name!r} stopped; its checkpoints are kept in "
+        f"{storage.join(args.storage, args.name)}: rerun the same command to resume from the last one",
+        file=sys.stderr,
+    )
+    return 128 + int(signum)
+
+
+def _run_from_args(cfg: Any, args: argparse.Namespace) -> dict:
+    return run(
+        cfg,
+        data_url=args.data,
+        storage_url=args.storage,
+        name=args.name,
+        num_workers=args.num_workers,
+        use_gpu=args.use_gpu,
+        accelerator_type=args.accelerator_type,
+        elastic_resize_interval_s=args.elastic_resize_interval,
+        gpu_decode=args.gpu_decode,
+        max_failures=args.max_failures,
+        cpus_per_worker=args.cpus_per_worker,
+        placement_strategy=args.placement_strategy,
+        labels=args.labels,
+        skip_invalid=args.skip_invalid,
+        verify=args.verify,
+        stream=args.stream,
+        prefetch_batches=args.prefetch_batches,
+        fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
+        fail_mode=os.environ.get("TWOHEAD_FAIL_MODE", "kill"),
+        address=args.address,
+    )
 
 
 if __name__ == "__main__":
