@@ -54,7 +54,7 @@ from rayjobs import storage as store
 from rayjobs.connect import RayAddressError, connect, resolve
 from rayjobs.report import Report, dashboard_command, retrain_command, write_report
 from rayjobs.retrain import retrain_best
-from rayjobs.search_lock import SearchLocked, hold, releases_locks
+from rayjobs.search_lock import SearchLocked, hold, hold_study, releases_locks
 from rayjobs.search_space import SearchSpaceError, SearchSpec, load_search_space
 from rayjobs.searcher import DB_TIMEOUT_S, DatabaseOutage, set_db_timeout
 from rayjobs.seeding import DEFAULT_TOP, Segment, enqueue, finished, plan_segments, previous_sampler, resolve_warm_start
@@ -160,6 +160,8 @@ def run_search(
     study_store = open_storage(ss.url) if ss.sqlite_path is None else None
     out.mkdir(parents=True, exist_ok=True)
     hold(out)  # one driver per folder (its SQLite study, its record) until this call returns
+    if study_store is not None:
+        hold_study(ss.url, spec.study_name, ss.display)  # and one per study on a server (drivers on other machines)
     snapshot = None
     if ss.sqlite_path is not None and record != str(out):
         snapshot = store.join(experiment, ss.sqlite_path.name)

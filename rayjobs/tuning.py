@@ -105,6 +105,10 @@ def restore_or_new(path: str, trainable: Any, restart_errored: bool, new: Any) -
     fs, fs_path = store.ray_storage(path)
     if tune.Tuner.can_restore(fs_path, storage_filesystem=fs):
         print(f"Resuming the search in {path} (finished trials are kept)", flush=True)
+        from rayjobs.tune_state import repoint_missing_checkpoints
+
+        for line in repoint_missing_checkpoints(fs, fs_path):  # a driver killed between rotation and snapshot
+            print(f"Trial {line}", flush=True)
         tuner = tune.Tuner.restore(
             fs_path,
             trainable,
