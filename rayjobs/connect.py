@@ -18,6 +18,7 @@ study, a labels file or a run folder exists. :func:`connect` then calls ``ray.in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass
@@ -172,6 +173,10 @@ def connect(
                     log_to_driver=log_to_driver,
                 )
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if held:  # the Ctrl-C also reached Ray's new processes: it is the interrupt, not a bad address
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise KeyboardInterrupt from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         where = target.address or "a local Ray"
         raise RayAddressError(f"cannot join {where} ({target.source}): {first}") from None

@@ -16,6 +16,7 @@ object store, a database -- and the matrix is only useful read as a whole.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -607,7 +608,8 @@ def ctrl_c_ray_train(work: Path) -> Outcome:
     deadline = time.monotonic() + 900
     while proc.poll() is None and not snapshot.is_file() and time.monotonic() < deadline:
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(ProcessLookupError):  # the run may have ended before the signal
+        os.killpg(proc.pid, signal.SIGINT)
     try:
         first = proc.wait(timeout=120)
     except subprocess.TimeoutExpired:

@@ -101,7 +101,8 @@ def hold_study(url: str, study_name: str, shown: str) -> None:
                 sa.text(
                     "SELECT a.application_name, a.client_addr, a.backend_start FROM pg_locks l "
                     "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-                    "AND l.classid::bigint = :hi AND l.objid::bigint = :lo AND l.objsubid = 1"
+                    "AND l.classid::bigint = :hi AND l.objid::bigint = :lo AND l.objsubid = 1 "
+                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 {"hi": u >> 32, "lo": u & 0xFFFFFFFF},
             ).first()

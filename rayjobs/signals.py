@@ -3,6 +3,8 @@
 - :func:`held` holds SIGINT / SIGTERM while ``ray.init`` runs and yields the ones that arrived. A
   KeyboardInterrupt raised inside ``ray.init`` leaves a half-started Ray (its processes up, the driver not
   connected) that crashed the interpreter on exit (SIGSEGV, Ray 2.60); held, the command stops cleanly right after.
+  A second signal stops at once. ``ray.init`` installs its own SIGTERM handler part-way (``sys.exit``): from
+  then on SIGTERM is Ray's, and it is kept after the block.
 - :func:`seen` yields the signals that arrived while other handlers were in charge: ``TorchTrainer.fit``
   installs its own SIGINT handler (graceful abort), and a Ctrl-C in a terminal also reaches the local Ray's
   processes, so the driver ends with whatever Ray raises (often ``SystemExit(1)``). Python's wakeup fd records
@@ -35,6 +37,8 @@ def held() -> Iterator[list[int]]:
         return
 
     def hold(signum: int, frame: object) -> None:
+        if got:  # a second one: the user means it (e.g. ray.init hangs because the first also hit Ray's processes)
+            raise KeyboardInterrupt
         got.append(signum)
 
     old = {s: signal.signal(s, hold) for s in _STOPS}
@@ -42,15 +46,19 @@ def held() -> Iterator[list[int]]:
         yield got
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            # ray.init installs its own SIGTERM handler (sys.exit, so that clean-ups run): keep one installed
+            # during the block, restore only what is still ours
+            if signal.getsignal(s) is hold:
+                signal.signal(s, h)
 
 
 @contextlib.contextmanager
 def seen() -> Iterator[list[int]]:
     """Yields a list that, once the block ends (normally or not), holds the SIGINT / SIGTERM numbers that arrived.
 
-    Inside the block SIGTERM raises KeyboardInterrupt (``ray job stop`` sends it; Ray installs nothing for it)
-    and SIGINT keeps whatever handler is installed (Ray Train's, during ``fit``)."""
+    Inside the block SIGTERM raises KeyboardInterrupt (``ray job stop`` sends it; ``ray.init`` replaces this
+    with its own ``sys.exit`` handler, which ends the same way) and SIGINT keeps whatever handler is installed
+    (Ray Train's, during ``fit``)."""
     got: list[int] = []
     if not _main_thread():
         yield got

@@ -489,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, SystemExit) and not got:
             raise
         return _interrupted(args, got or [signal.SIGINT])
+    except Exception:
+        if got:  # e.g. RayActorError from Ray Train's abort after the signal took the controller down
+            return _interrupted(args, got)
+        raise
     if got:  # Ray Train's own SIGINT handler aborted the run and fit returned
         return _interrupted(args, got)
     m = out.get("metrics") or {}

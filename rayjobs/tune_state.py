@@ -6,8 +6,12 @@ later. A driver killed inside that gap leaves a snapshot whose trial resumes fro
 exists; Ray then fails the trial on every retry ("Could not recover from checkpoint as it does not exist on storage
 anymore") and the study records FAIL for a trial that had trained fine. :func:`repoint_missing_checkpoints` points
 such a trial at the newest checkpoint its folder still holds (registered after the snapshot, so newer than the one
-named), with the metrics Tune recorded for it in ``result.json``; without one the trial starts again, and its run
-folder's history is kept beside the new one (:func:`twohead.runs.claim_run_dir`).
+named), with the result Tune recorded for it in ``result.json`` when that file has it (else none: Tune's iteration
+count restarts, while the epoch, which ASHA and the searcher read, comes from the checkpoint itself), tracks the
+folders in between again so that the rotation removes them, and moves the trial's checkpoint index past it (the
+stale index would write the next checkpoints over those folders). Without a newer one the trial resumes from the
+newest older one still there, or starts again, its run folder's history kept beside the new one
+(:func:`twohead.runs.claim_run_dir`).
 
 It edits the snapshot with Ray's own (de)serialisers, on the files Tune itself wrote (never user input); the
 internals it touches (``_CheckpointManager``'s two fields) are those of the pinned Ray version.
@@ -38,6 +42,19 @@ def _checkpoint_dirs(fs: Any, trial_path: str) -> list[str]:
         return []
     names = [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
     return sorted(n for n in names if n.startswith("checkpoint_") and n[len("checkpoint_") :].isdigit())
+
+
+def _name(result: Any) -> str:
+    return posixpath.basename(result.checkpoint.path.rstrip("/"))
+
+
+def _nonempty(fs: Any, path: str) -> bool:
+    import pyarrow.fs as pafs
+
+    try:
+        return any(i.type == pafs.FileType.File for i in fs.get_file_info(pafs.FileSelector(path, recursive=True)))
+    except OSError:
+        return False
 
 
 def _result_of(fs: Any, trial_path: str, checkpoint_dir: str) -> dict:
@@ -82,21 +99,25 @@ def repoint_missing_checkpoints(fs: Any, experiment_path: str) -> list[str]:
         named = posixpath.basename(latest.checkpoint.path.rstrip("/"))
         if _exists(fs, posixpath.join(trial_path, named)):
             continue
-        kept = [
-            r
-            for r in manager._checkpoint_results
-            if _exists(fs, posixpath.join(trial_path, posixpath.basename(r.checkpoint.path.rstrip("/"))))
-        ]
-        on_disk = _checkpoint_dirs(fs, trial_path)
-        if on_disk and on_disk[-1] > named:
-            newer = on_disk[-1]
-            kept = [r for r in kept if posixpath.basename(r.checkpoint.path.rstrip("/")) < newer]
-            ckpt = Checkpoint(path=posixpath.join(trial_path, newer), filesystem=fs)
-            kept.append(_TrainingResult(checkpoint=ckpt, metrics=_result_of(fs, trial_path, newer)))
+        kept = [r for r in manager._checkpoint_results if _exists(fs, posixpath.join(trial_path, _name(r)))]
+        newer = [d for d in _checkpoint_dirs(fs, trial_path) if d > named and _nonempty(fs, posixpath.join(trial_path, d))]
+        if newer:
+            # Tune registers (and only then rotates) a checkpoint once it is fully written, so a newer folder with
+            # a recorded result is whole; result.json may itself be as old as the snapshot, then the newest folder
+            rows = {d: _result_of(fs, trial_path, d) for d in newer}
+            resume = next((d for d in reversed(newer) if rows[d]), newer[-1])
+            for d in newer[: newer.index(resume) + 1]:  # tracked again, so the rotation removes them in turn
+                ckpt = Checkpoint(path=posixpath.join(trial_path, d), filesystem=fs)
+                kept.append(_TrainingResult(checkpoint=ckpt, metrics=rows[d]))
+            # the trial's next checkpoint folder follows the one it resumes from (Tune keeps the index in the
+            # trial's storage context; the stale one would write over the folders above)
+            trial_state = json.loads(entry[0], cls=TuneFunctionDecoder, allow_cloudpickle=True)
+            trial_state["storage"].current_checkpoint_index = int(resume[len("checkpoint_") :]) + 1
+            entry[0] = json.dumps(trial_state, indent=2, cls=TuneFunctionEncoder)
         manager._checkpoint_results = kept
         manager._latest_checkpoint_result = kept[-1] if kept else None
         entry[1] = json.dumps(meta, cls=TuneFunctionEncoder)
-        now = posixpath.basename(kept[-1].checkpoint.path) if kept else "none (it starts again)"
+        now = _name(kept[-1]) if kept else "none (it starts again)"
         changed.append(f"{trial_dir}: the snapshot named {named}, which it had already replaced; resuming from {now}")
     if changed:
         tmp = newest + ".repair"

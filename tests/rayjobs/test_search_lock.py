@@ -104,14 +104,17 @@ def _take(url: str, study: str) -> None:
     search_lock.releases_locks(search_lock.hold_study)(url, study, "the test database")
 
 
-def test_a_second_driver_on_the_same_study_is_refused_from_any_folder_until_the_first_is_gone(postgres_url):
-    first = _study_holder(postgres_url, "lt")
+# "lt" hashes to a negative lock key, "a" to a positive one: pg_locks shows a key as two unsigned halves
+@pytest.mark.parametrize("study", ["lt", "a"])
+def test_a_second_driver_on_the_same_study_is_refused_from_any_folder_until_the_first_is_gone(postgres_url, study):
+    assert (search_lock.study_lock_key(study) < 0) == (study == "lt")
+    first = _study_holder(postgres_url, study)
     try:
         with pytest.raises(search_lock.SearchLocked) as e:
-            _take(postgres_url, "lt")
+            _take(postgres_url, study)
         host = __import__("socket").gethostname()
         assert str(e.value).startswith(
-            f"study 'lt' in the test database is being searched by twohead search pid {first.pid} on {host} from "
+            f"study '{study}' in the test database is being searched by twohead search pid {first.pid} on {host} from "
         )
         _take(postgres_url, "other")  # another study on the same server is free
     finally:
@@ -120,12 +123,12 @@ def test_a_second_driver_on_the_same_study_is_refused_from_any_folder_until_the_
     deadline = time.monotonic() + 30
     while True:
         try:
-            _take(postgres_url, "lt")
+            _take(postgres_url, study)
             break
         except search_lock.SearchLocked:
             assert time.monotonic() < deadline, "the lock of a killed driver was never dropped"
             time.sleep(0.2)
-    _take(postgres_url, "lt")  # a call that returned left nothing held
+    _take(postgres_url, study)  # a call that returned left nothing held
 
 
 def test_the_search_command_refuses_a_study_another_driver_searches_in_one_line(tmp_path, postgres_url, data_root):

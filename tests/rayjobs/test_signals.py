@@ -14,9 +14,25 @@ def test_held_records_the_signal_instead_of_raising_and_restores_the_handler():
     before = signal.getsignal(signal.SIGINT)
     with signals.held() as got:
         os.kill(os.getpid(), signal.SIGINT)  # would be a KeyboardInterrupt here without the hold
+    with signals.held() as got_term:
         os.kill(os.getpid(), signal.SIGTERM)  # would end the process
-    assert got == [signal.SIGINT, signal.SIGTERM]
+    assert got == [signal.SIGINT] and got_term == [signal.SIGTERM]
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_held_stops_at_the_second_signal_and_keeps_a_handler_installed_inside():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with signals.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C: the user means it
+    rays = lambda s, f: None  # noqa: E731 - what ray.init installs for SIGTERM part-way
+    try:
+        with signals.held():
+            signal.signal(signal.SIGTERM, rays)
+        assert signal.getsignal(signal.SIGTERM) is rays
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_seen_notices_a_sigint_that_another_handler_took():
@@ -61,6 +77,20 @@ def test_ctrl_c_while_ray_starts_tears_it_down_then_stops(monkeypatch):
     assert shutdowns == [1]
 
 
+def test_a_ray_init_that_fails_after_a_ctrl_c_is_the_interrupt_not_a_bad_address(monkeypatch):
+    import ray
+
+    def init(**kw):  # the Ctrl-C also reached the raylet ray.init was starting
+        os.kill(os.getpid(), signal.SIGINT)
+        raise RuntimeError("Failed to start the raylet")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with pytest.raises(KeyboardInterrupt):
+        connect.connect(connect.Target(address=None, source="test"), num_cpus=1)
+
+
 def _train_args(tmp_path):
     return ["--data", str(tmp_path / "d"), "--storage", str(tmp_path / "runs"), "--name", "r", "--preset", "smoke"]
 
@@ -88,6 +118,33 @@ def test_train_interrupted_while_ray_train_handles_sigint_says_one_line(tmp_path
         f"error: SIGINT: run 'r' stopped; its checkpoints are kept in {tmp_path / 'runs' / 'r'}: "
         "rerun the same command to resume from the last one"
     ]
+
+
+def test_train_any_error_after_a_signal_is_the_interrupt(tmp_path, monkeypatch, capsys):
+    import ray
+
+    class ActorDied(Exception):  # what Ray Train's abort may raise once the signal took its controller down
+        pass
+
+    def run(cfg, args):
+        os.kill(os.getpid(), signal.SIGTERM)  # `ray job stop`: KeyboardInterrupt inside seen()
+
+    def run_then_fail(cfg, args):
+        signal.signal(signal.SIGINT, lambda s, f: None)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise ActorDied("The actor died unexpectedly")
+
+    old = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    try:
+        monkeypatch.setattr(train, "_run_from_args", run)
+        assert train.main(_train_args(tmp_path)) == 143
+        monkeypatch.setattr(train, "_run_from_args", run_then_fail)
+        assert train.main(_train_args(tmp_path)) == 130
+    finally:
+        signal.signal(signal.SIGINT, old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [ln.split(":")[:2] for ln in err] == [["error", " SIGTERM"], ["error", " SIGINT"]]
 
 
 def test_train_a_system_exit_without_a_signal_is_not_called_an_interrupt(tmp_path, monkeypatch):

@@ -74,6 +74,13 @@ def _name_as_latest(exp: Path, name: str) -> None:
     f.write_text(json.dumps(state))
 
 
+def _next_index(exp: Path) -> int:
+    from ray.tune.utils.serialization import TuneFunctionDecoder
+
+    (entry,) = json.loads(_state_file(exp).read_text())["trial_data"]
+    return json.loads(entry[0], cls=TuneFunctionDecoder, allow_cloudpickle=True)["storage"].current_checkpoint_index
+
+
 def _trial_dirs(exp: Path) -> list[Path]:
     return [p for p in exp.iterdir() if p.is_dir() and p.name.startswith("_three")]  # Tune's trial folder
 
@@ -101,7 +108,19 @@ def test_a_stale_snapshot_resumes_from_the_newest_checkpoint_kept_with_its_resul
     assert Path(latest.checkpoint.path) == trial / "checkpoint_000002"
     assert (Path(latest.checkpoint.path) / "state.txt").read_text() == "3"
     assert latest.metrics["epoch"] == 3 and latest.metrics["training_iteration"] == 3  # Tune's result of that report
-    assert [Path(r.checkpoint.path).name for r in m._checkpoint_results] == ["checkpoint_000002"]
+    assert [Path(r.checkpoint.path).name for r in m._checkpoint_results] == ["checkpoint_000001", "checkpoint_000002"]
+    assert _next_index(exp) == 3  # the next checkpoint is checkpoint_000003, not over checkpoint_000001
+
+
+def test_a_stale_result_file_still_resumes_from_the_newest_folder(experiment, tmp_path):
+    exp = _copy(experiment, tmp_path)
+    (trial,) = _trial_dirs(exp)
+    _name_as_latest(exp, "checkpoint_000000")
+    (trial / "result.json").write_text((trial / "result.json").read_text().splitlines()[0] + "\n")  # epoch 1 only
+    repoint_missing_checkpoints(pafs.LocalFileSystem(), str(exp))
+    latest = _manager(exp)._latest_checkpoint_result
+    assert Path(latest.checkpoint.path) == trial / "checkpoint_000002" and latest.metrics == {}
+    assert _next_index(exp) == 3
 
 
 def test_a_stale_snapshot_without_any_checkpoint_left_starts_the_trial_again(experiment, tmp_path):
