@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 __all__ = ["LOCK_FILE", "SearchLocked", "hold", "hold_study", "releases_locks", "study_lock_key"]
 
 LOCK_FILE = ".search.lock"
-_HELD: list[Any] = []  # open lock files and study locks of the running call (see releases_locks)
+_HELD: list[Callable[[], None]] = []  # releases of the locks the running call took (see releases_locks)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,7 +61,7 @@ def hold(out: Path) -> None:
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.datetime.now().isoformat(timespec="seconds")}
     fh.write(json.dumps(holder))
     fh.flush()
-    _HELD.append(fh)
+    _HELD.append(functools.partial(_unlock, fh))
 
 
 def study_lock_key(study_name: str) -> int:
@@ -122,21 +122,21 @@ def hold_study(url: str, study_name: str, shown: str) -> None:
             f"study {study_name!r} in {shown} is being searched by {who}; wait for that search to end or stop it "
             "(Ctrl-C), then run this command again: two searches on one study would interleave their trials"
         )
-    _HELD.append(_StudyLock(conn, engine))
+    _HELD.append(functools.partial(_close, conn, engine))
 
 
-class _StudyLock:
-    """The open connection that holds a study's advisory lock; closing it releases the lock."""
+def _unlock(fh: Any) -> None:
+    fcntl.flock(fh, fcntl.LOCK_UN)
+    fh.close()
 
-    def __init__(self, conn: Any, engine: Any):
-        self.conn, self.engine = conn, engine
 
-    def release(self) -> None:
-        try:
-            self.conn.close()  # the server drops the session's advisory locks with it
-        except Exception:  # noqa: BLE001 - a connection lost in an outage: the server already dropped the lock
-            pass
-        self.engine.dispose()
+def _close(conn: Any, engine: Any) -> None:
+    """Close the connection that holds a study's advisory lock: the server drops the lock with it."""
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - a connection lost in an outage: the server already dropped the lock
+        pass
+    engine.dispose()
 
 
 def releases_locks(fn: F) -> F:
@@ -149,11 +149,6 @@ def releases_locks(fn: F) -> F:
             return fn(*args, **kwargs)
         finally:
             while len(_HELD) > depth:
-                held = _HELD.pop()
-                if isinstance(held, _StudyLock):
-                    held.release()
-                    continue
-                fcntl.flock(held, fcntl.LOCK_UN)
-                held.close()
+                _HELD.pop()()
 
     return call  # type: ignore[return-value]

@@ -4,8 +4,9 @@
   one that streams large images with Ray Data reserves one more CPU bundle in its placement group for decoding;
   a multi-worker trial's own process holds :data:`TRIAL_DRIVER_CPUS` and its TorchTrainer the real resources.
 - The experiment lives at ``<storage path>/<name>`` (a folder or ``s3://``), restored with ``Tuner.restore`` when it
-  exists (its snapshot first checked against the checkpoints the trials kept, :mod:`rayjobs.tune_state`); epochs without a validation pass report no metric (``TUNE_DISABLE_STRICT_METRIC_CHECKING``), ASHA and
-  the searcher skip them, and ASHA also skips a trial's epochs before its deferred re-weighting starts.
+  exists (its snapshot first checked against the checkpoints the trials kept, :mod:`rayjobs.tune_state`); epochs
+  without a validation pass report no metric (``TUNE_DISABLE_STRICT_METRIC_CHECKING``), ASHA and the searcher skip
+  them, and ASHA also skips a trial's epochs before its deferred re-weighting starts.
 - :func:`interrupts`: SIGINT / SIGTERM end ``Tuner.fit`` through Tune's own graceful path (SIGUSR1: a last
   experiment snapshot, then stop) and are remembered so the driver exits non-zero; a second signal stops at once.
 """
