@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# constraints.txt pins the versions the tests ran with (torch 2.14.1 + torchvision 0.29.1 pair with each other)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[ray,test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[ray,tracking,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,7 +1,8 @@
 """Ray-backed :class:`twohead.loop.Reporter` s: the loop's per-epoch metrics and checkpoints go to Ray Train
 (DDP workers) or Ray Tune (trials), which persist checkpoints in ``RunConfig.storage_path`` (local folder or S3).
 
-On checkpoint epochs the loop's state is saved as ``state.pt`` in a temporary folder and handed to ``report``
+On checkpoint epochs the loop's state is saved as ``state.pt`` with its model card (``model_card.json`` / ``.md``,
+:mod:`twohead.model_card`) in a temporary folder and handed to ``report``
 as a Checkpoint; ``restore`` reads the latest one back, so a restarted worker group, a restored trial or a rerun
 with the same name continues where it stopped. (The loop itself rewrites ``history.jsonl`` from the restored
 state.) Every rank reports; only rank 0 attaches the checkpoint (notes/ray-2.60.md).
@@ -24,20 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twohead.tracking import flat_scalars
+
 STATE_FILE = "state.pt"  # the loop's resumable state inside a Ray checkpoint folder
 
 __all__ = ["STATE_FILE", "TrainReporter", "TuneReporter", "flat_scalars"]
-
-
-def flat_scalars(metrics: dict, prefix: str = "") -> dict:
-    """Scalars of ``metrics`` with nested dicts flattened to ``outer/inner`` keys (lists are left out)."""
-    out: dict = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update(flat_scalars(v, f"{prefix}{k}/"))
-        elif v is None or isinstance(v, (bool, int, float, str)):
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class TrainReporter:
@@ -106,8 +98,14 @@ class TrainReporter:
             return
         import torch
 
+        from twohead.model_card import write_card
+
         with tempfile.TemporaryDirectory(prefix="twohead-ckpt-") as d:
-            torch.save(make_state(), Path(d) / STATE_FILE)
+            state = make_state()
+            torch.save(state, Path(d) / STATE_FILE)
+            # The card travels inside the checkpoint folder; its load line is relative to that folder.
+            source = {k: self.extra[k] for k in ("data_uri", "manifest_sha256", "labels_uri") if k in self.extra}
+            write_card(d, state, load_path=STATE_FILE, data_source=source)
             self._report(m, checkpoint=self._checkpoint(d))
 
     def _publish(self) -> None:

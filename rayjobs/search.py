@@ -28,6 +28,9 @@ for the choice. Each trial picks its K-to-C reading / post-hoc correction on val
 - ``--address`` / ``RAY_ADDRESS`` are checked to answer before anything is written (:mod:`rayjobs.connect`);
   without them a local Ray is started (dashboard on: Tune + ASHA needs the State API, notes/ray-2.60.md).
 - Spot nodes: a failed trial is retried ``--max-failures`` times (default 3) from its last checkpoint.
+- ``--mlflow [URI]`` / ``--tensorboard`` (the ``twohead[tracking]`` extra): every trial is an MLflow run nested under
+  the search's, tagged with its Optuna number and state and carrying the study's values; TensorBoard event files
+  in every trial folder (:mod:`rayjobs.search_tracking`). A resumed search continues its runs.
 - ``--retrain-best DIR_OR_URL --seeds N`` retrains the best configuration on N seeds and reports mean +- std.
 
 (Over 400 lines on purpose: :func:`run_search` is the one sequence of a search -- check, record, study, segments,
@@ -128,8 +131,13 @@ def run_search(
     fail_at_epoch: int | None = None,
     warm_start: str | None = None,
     warm_start_top: int = DEFAULT_TOP,
+    mlflow: str | None = None,
+    tensorboard: bool = False,
 ) -> SearchResult:
-    """Run, resume or extend the search described by ``spec``; write and return the report (module docstring)."""
+    """Run, resume or extend the search described by ``spec``; write and return the report (module docstring).
+
+    ``mlflow``: a resolved MLflow tracking URI (:func:`twohead.tracking.resolve_uri`) the trials are logged to;
+    ``tensorboard``: event files in every trial folder (:mod:`rayjobs.search_tracking`)."""
     import ray
 
     t0, started_at = time.perf_counter(), datetime.datetime.now()  # Optuna stamps trials with naive local time
@@ -184,6 +192,13 @@ def run_search(
     if warm is not None and enqueued:
         update_record(record, {"warm_start_trials": [p["user_attrs"].get("warm_start") for p in warm.enqueued]}, mirror=out)
 
+    parent_run = None
+    if mlflow is not None:
+        from rayjobs.search_tracking import open_parent
+
+        parent_run = open_parent(mlflow, spec.study_name, experiment, _search_params(spec))
+        print(f"MLflow: experiment {spec.study_name!r} at {mlflow} (parent run {parent_run})", flush=True)
+
     started = connect(target, num_cpus=num_cpus) if target is not None else False
     received: list[int] = []
     data_stats = None
@@ -206,7 +221,18 @@ def run_search(
                 fn = trainable(run_trial, job)
                 sampler = (previous_sampler(segments[k - 1].experiment) or new_sampler(spec, k)) if k else None
 
-                def new(seg: Segment = seg, fn: Any = fn, sampler: Any = sampler) -> Any:
+                from rayjobs.search_tracking import search_callbacks
+
+                callbacks = search_callbacks(
+                    mlflow_uri=mlflow,
+                    tensorboard=tensorboard,
+                    study_name=spec.study_name,
+                    parent_run_id=parent_run,
+                    storage_env=ss.env,
+                    objectives=list(spec.metrics),
+                )
+
+                def new(seg: Segment = seg, fn: Any = fn, sampler: Any = sampler, callbacks: list = callbacks) -> Any:
                     return new_tuner(
                         spec,
                         fn,
@@ -218,9 +244,10 @@ def run_search(
                         name=seg.name,
                         num_samples=seg.num_samples,
                         sampler=sampler,
+                        callbacks=callbacks,
                     )
 
-                tuner, again = restore_or_new(seg.experiment, fn, restart_errored, new)
+                tuner, again = restore_or_new(seg.experiment, fn, restart_errored, new, callbacks)
                 results = tuner.fit()
                 resumed |= again
                 errors += len(results.errors)
@@ -240,6 +267,10 @@ def run_search(
         for seg, results in runs:
             settled += reconcile(study, study_store, seg.experiment, results, spec)
             orphans += fail_orphans(study, seg.experiment, started_at)
+    if parent_run is not None:
+        from rayjobs.search_tracking import settle
+
+        settle(mlflow, study, parent_run, list(spec.metrics), interrupted=bool(received))
     if snapshot is not None:
         publish_sqlite(ss.sqlite_path, snapshot)
     if data_stats is not None:
@@ -258,6 +289,12 @@ def run_search(
     for p in enqueued:
         if p["dropped"]:
             extra.append(f"{p['user_attrs']}: parameters {p['dropped']} are not in this space's ranges and were sampled")
+    if mlflow is not None:
+        extra.append(
+            f"MLflow: experiment `{spec.study_name}` at `{mlflow}`, one run per trial under the parent run `{parent_run}`"
+        )
+    if tensorboard:
+        extra.append(f"TensorBoard: `tensorboard --logdir {experiment}`")
     if received:
         extra.append(
             f"interrupted by {signal.Signals(received[0]).name}: unfinished trials continue when the same command runs again"
@@ -283,6 +320,22 @@ def run_search(
     return SearchResult(
         spec, out, record, ss, experiment, resumed, report, wall, errors, interrupted, data_stats, segments, enqueued
     )
+
+
+def _search_params(spec: SearchSpec) -> dict[str, Any]:
+    """The parent MLflow run's params: what the search is (space, objectives, budget) and its base config."""
+    from twohead.tracking import flat_scalars
+
+    s = spec.search
+    params = {
+        "search.space": spec.source,
+        "search.objectives": ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives),
+        "search.num_samples": s.num_samples,
+        "search.seed": s.seed,
+        "search.parameters": ", ".join(p.name for p in spec.params),
+    }
+    base = {f"base.{k}".replace("/", "."): v for k, v in flat_scalars(spec.base.to_dict()).items()}
+    return params | base
 
 
 def _recorded_meta(record: str) -> dict:
@@ -378,6 +431,16 @@ def _parser() -> argparse.ArgumentParser:
         f"(default {DB_TIMEOUT_S:.0f}); trials keep training meanwhile",
     )
     ap.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Tune progress output")
+    ap.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log every trial to MLflow (experiment = the study, one run per trial under a parent run for the search): "
+        "a tracking server (http://...) or sqlite:///FILE.db; without URI, $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here",
+    )
+    ap.add_argument("--tensorboard", action="store_true", help="TensorBoard event files in every trial folder of the experiment")
     return ap
 
 
@@ -397,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.retrain_best is not None:
+            if args.mlflow is not None or args.tensorboard:
+                raise SearchError("--mlflow / --tensorboard log a search's trials; drop them with --retrain-best")
             where, text = retrain_best(
                 args.retrain_best,
                 args.seeds,
@@ -439,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
             warm_start=args.warm_start,
             warm_start_top=args.warm_start_top,
+            **_tracking(args, spec.study_name),
         )
     except (
         SearchSpaceError,
@@ -469,6 +535,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if res.interrupted:
         return 128 + res.interrupted
     return 0 if res.report.best is not None else 1
+
+
+def _tracking(args: argparse.Namespace, study_name: str) -> dict[str, Any]:
+    """``--mlflow`` / ``--tensorboard`` checked (the extra installed, the store reachable) before anything runs."""
+    from twohead.tracking import check_mlflow, require, resolve_uri
+
+    if args.tensorboard:
+        require("tensorboardX", "--tensorboard")
+    uri = None
+    if args.mlflow is not None:
+        uri = resolve_uri(args.mlflow)
+        check_mlflow(uri, study_name)
+    return {"mlflow": uri, "tensorboard": args.tensorboard}
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@
   Ray Data's CPU workers (:mod:`rayjobs.stream`).
 - Rank 0's result folder (``config.yaml``, ``history.jsonl``, ``metrics.json``, plots) is uploaded to
   ``<storage>/<name>/results/`` after every epoch, ``metrics.json`` last.
+- ``--mlflow [URI]`` / ``--tensorboard`` (the ``twohead[tracking]`` extra): rank 0 logs the resolved config,
+  every epoch, the final test metrics of every reading and variant and the plots to MLflow (experiment
+  ``--mlflow-experiment``, one MLflow run per ``--name``, continued on resume), and TensorBoard event files into
+  ``results/tensorboard/`` (:mod:`twohead.tracking`). The URI is resolved on the driver; a file or SQLite store
+  must be on a path every node shares, so clusters use a tracking server.
+- Every checkpoint folder holds ``state.pt`` and its model card (``model_card.json`` / ``.md``).
 - ``--address`` (or ``RAY_ADDRESS``) is checked to answer within seconds before anything is read or written
   (:mod:`rayjobs.connect`).
 
@@ -57,6 +63,7 @@ from rayjobs.reporting import STATE_FILE, TrainReporter  # noqa: F401 (STATE_FIL
 from rayjobs.storage import DatasetError
 from rayjobs.stream import PREFETCH_BATCHES, skip_summary
 from twohead import atomic
+from twohead.cli import tracking_args, tracking_settings
 
 __all__ = [
     "InsufficientResourcesError",
@@ -159,6 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     from rayjobs.dataplane import worker_inputs
     from twohead.config import TrainConfig
     from twohead.loop import fit
+    from twohead.tracking import open_tracking
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -177,7 +185,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     reporter = RayReporter(out_dir, rank, config.get("fault"), upload_url=config["results_url"])
     reporter.extra.update(config.get("extra") or {})
     reporter.extra["data_start_s"] = timing["data_start_s"]
-    metrics = fit(cfg, out_dir=out_dir, data=data, train_source=source, reporter=reporter)
+    with open_tracking(config.get("tracking") if rank == 0 else None) as tracking:
+        metrics = fit(cfg, out_dir=out_dir, data=data, train_source=source, reporter=reporter, tracking=tracking)
     nodes = _gather(ray.get_runtime_context().get_node_id())
     if rank == 0:
         if plan.skip_invalid:  # every dropped row is recorded, streamed (the counter) or loaded (this worker)
@@ -227,6 +236,7 @@ def run(
     fail_at_epoch: int | None = None,
     fail_mode: str = "kill",
     address: str | None = None,
+    tracking: Any = None,
 ) -> dict[str, Any]:
     """Check everything, then run the TorchTrainer; returns rank 0's final metrics plus run facts.
 
@@ -237,7 +247,7 @@ def run(
     replaces the config's labels file (both modes).
 
     ``address`` (default ``RAY_ADDRESS``, else a local Ray) is checked before anything else; an already connected
-    driver is used as is.
+    driver is used as is. ``tracking``: a :class:`twohead.tracking.TrackingSettings` rank 0 logs to.
     """
     import dataclasses
 
@@ -324,6 +334,9 @@ def run(
             "counter": counter,
             "prefetch_batches": prefetch_batches,
             "fault": fault,
+            "tracking": tracking,
+            # For the model card of every checkpoint: which prepared dataset, byte for byte.
+            "extra": {"data_uri": plan.url, "manifest_sha256": storage.sha256(storage.join(plan.url, "manifest.json"))[0]},
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers,
@@ -416,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(torchvision.io.decode_jpeg, nvJPEG) instead of by Ray Data's CPU workers; needs --use-gpu",
     )
     p.add_argument("--address", help="Ray cluster to join (HOST:PORT, auto); default RAY_ADDRESS, else a local Ray")
+    tracking_args(p, "into <storage>/<name>/results/tensorboard (tensorboard --logdir on it)")
     return p
 
 
@@ -452,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     got: list[int] = []  # SIGINT / SIGTERM that arrived during the run (rayjobs.signals)
     try:
         cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
+        args.tracking = tracking_settings(args, run_key=storage.join(args.storage, args.name), run_name=args.name)
         with signals.seen() as got:
             out = _run_from_args(cfg, args)
     except (
@@ -547,6 +562,7 @@ def _run_from_args(cfg: Any, args: argparse.Namespace) -> dict:
         fail_at_epoch=int(os.environ["TWOHEAD_FAIL_AT_EPOCH"]) if os.environ.get("TWOHEAD_FAIL_AT_EPOCH") else None,
         fail_mode=os.environ.get("TWOHEAD_FAIL_MODE", "kill"),
         address=args.address,
+        tracking=args.tracking,
     )
 
 

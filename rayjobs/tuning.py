@@ -7,6 +7,8 @@
   exists (its snapshot first checked against the checkpoints the trials kept, :mod:`rayjobs.tune_state`); epochs
   without a validation pass report no metric (``TUNE_DISABLE_STRICT_METRIC_CHECKING``), ASHA and the searcher skip
   them, and ASHA also skips a trial's epochs before its deferred re-weighting starts.
+- Tracking (``--mlflow``, ``--tensorboard``): Tune callbacks of :mod:`rayjobs.search_tracking`, set again on a
+  restored tuner (its snapshot pickled the previous run's).
 - :func:`interrupts`: SIGINT / SIGTERM end ``Tuner.fit`` through Tune's own graceful path (SIGUSR1: a last
   experiment snapshot, then stop) and are remembered so the driver exits non-zero; a second signal stops at once.
 """
@@ -83,7 +85,7 @@ def trainable(fn: Any, job: TrialJob) -> Any:
     return tune.with_resources(bound, {k.lower(): v for k, v in head.items()})
 
 
-def run_config(name: str, storage_path: str, max_failures: int, verbose: int) -> Any:
+def run_config(name: str, storage_path: str, max_failures: int, verbose: int, callbacks: list | None = None) -> Any:
     from ray import tune
 
     fs, path = store.ray_storage(storage_path)
@@ -95,10 +97,13 @@ def run_config(name: str, storage_path: str, max_failures: int, verbose: int) ->
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=max_failures),
         verbose=verbose,
+        callbacks=callbacks or None,
     )
 
 
-def restore_or_new(path: str, trainable: Any, restart_errored: bool, new: Any) -> tuple[Any, bool]:
+def restore_or_new(path: str, trainable: Any, restart_errored: bool, new: Any, callbacks: list | None = None) -> tuple[Any, bool]:
+    """``Tuner.restore`` of the experiment at ``path`` when there is one, else ``new()``. ``callbacks`` (not None)
+    replace the ones the experiment snapshot pickled: a rerun's tracking flags are the ones that apply."""
     from ray import tune
 
     # Epochs without a validation pass (run.eval_every > 1) report no metric; ASHA and the searcher skip them.
@@ -118,6 +123,8 @@ def restore_or_new(path: str, trainable: Any, restart_errored: bool, new: Any) -
             restart_errored=restart_errored,
             storage_filesystem=fs,
         )
+        if callbacks is not None and tuner._local_tuner is not None:
+            tuner._local_tuner.get_run_config().callbacks = list(callbacks) or None  # Tune has no public setter
         return tuner, True
     return new(), False
 
@@ -160,6 +167,7 @@ def new_tuner(
     name: str | None = None,
     num_samples: int | None = None,
     sampler: Any = None,
+    callbacks: list | None = None,
 ) -> Any:
     """A new Tune run of ``num_samples`` trials (default: the space's) named ``name`` (default: the study) under
     ``root``, proposed by a :class:`~rayjobs.searcher.StudySearcher` over the study with ``sampler`` (default: a
@@ -179,7 +187,7 @@ def new_tuner(
             max_concurrent_trials=spec.search.max_concurrent,
             trial_dirname_creator=trial_dirname,
         ),
-        run_config=run_config(name or spec.study_name, root, max_failures, verbose),
+        run_config=run_config(name or spec.study_name, root, max_failures, verbose, callbacks),
     )
 
 

@@ -205,6 +205,26 @@ CASES: list[tuple[str, list[str], str]] = [
         r"--name '\.\./x' must be a plain folder name",
     ),
     (
+        "search-mlflow-uri",
+        ["-m", "rayjobs.search", "--preset", "smoke", "--out", "o", "--mlflow", "nosuch://x"],
+        r"--mlflow nosuch://x: cannot use this tracking store .*check the URI or the server",
+    ),
+    (
+        "train-ray-mlflow-uri",
+        ["-m", "rayjobs.train", "--data", "nowhere", "--storage", "o", "--name", "x", "--mlflow", "nosuch://x"],
+        r"--mlflow nosuch://x: cannot use this tracking store",
+    ),
+    (
+        "train-mlflow-unreachable",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--mlflow", "http://127.0.0.1:9"],
+        r"--mlflow http://127\.0\.0\.1:9: cannot use this tracking store .*check the URI or the server",
+    ),
+    (
+        "train-mlflow-folder",
+        ["-m", "twohead.cli", "train", "--preset", "smoke", "--out", "o", "--mlflow", "sqlite:////proc/x/mlflow.db"],
+        r"--mlflow .*/proc/x",
+    ),
+    (
         "train-ray-preset",
         ["-m", "rayjobs.train", "--data", "nowhere", "--storage", "o", "--name", "x", "--preset", "nope"],
         r"unknown preset 'nope'; allowed: cifar10-lt",

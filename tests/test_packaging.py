@@ -45,6 +45,18 @@ def test_wheel_installs_the_library_without_ray_and_the_ray_layer_as_an_extra(tm
     r = subprocess.run([py, "-c", "import ray"], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode != 0 and "No module named 'ray'" in r.stderr
     assert "usage: twohead" in _run([str(venv / "bin" / "twohead"), "--help"], cwd=tmp_path).stdout
+    # Without the tracking extra, its flags are one line naming it (exit 2), before anything is written.
+    r = subprocess.run(
+        [str(venv / "bin" / "twohead"), "train", "--preset", "smoke", "--out", "o", "--mlflow"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "twohead: error: --mlflow needs the mlflow package, which is not installed: pip install 'twohead[tracking]' "
+        "(MLflow, TensorBoard, tensorboardX)"
+    ), r.stderr
+    assert not (tmp_path / "o").exists()
 
     # The Ray layer as an extra: the search CLI and its presets work from outside the repository.
     _run([py, "-m", "pip", "install", "-q", "-c", constraints, f"twohead[ray] @ {wheel.as_uri()}"], cwd=tmp_path)

@@ -1,6 +1,7 @@
 """``twohead`` command line: train, eval, predict, export, describe.
 
     twohead train    [--config FILE.yaml] [--preset NAME] [--set section.key=value ...] [--out DIR]
+                     [--mlflow [URI]] [--tensorboard]
     twohead eval     RUN_DIR_OR_CHECKPOINT [--split test|val] [--set ...]
     twohead predict  RUN_DIR_OR_CHECKPOINT IMAGES... [--top-k K] [--json]
     twohead export   RUN_DIR_OR_CHECKPOINT [--format torchscript|onnx] [--out FILE]
@@ -67,14 +68,50 @@ def _resume_point(out: Path) -> str:
     return f"from epoch {int(state['epoch'])} (the last checkpoint)"
 
 
+def tracking_args(p: argparse.ArgumentParser, where: str) -> None:
+    """``--mlflow [URI]``, ``--mlflow-experiment``, ``--tensorboard`` (the ``twohead[tracking]`` extra)."""
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="log params, per-epoch and final metrics and plots to MLflow: a tracking server (http://...), "
+        "sqlite:///FILE.db or a folder; without URI, $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here (mlflow ui)",
+    )
+    p.add_argument("--mlflow-experiment", default=None, metavar="NAME", help="MLflow experiment name (default: twohead)")
+    p.add_argument("--tensorboard", action="store_true", help=f"write TensorBoard event files {where}")
+
+
+def tracking_settings(args, **kw):
+    """The run's :class:`~twohead.tracking.TrackingSettings` from the flags (None: nothing tracked); checks that
+    the extra is installed before anything runs."""
+    from .tracking import TrackingSettings, check_mlflow, require, resolve_uri
+
+    if args.mlflow is None and not args.tensorboard:
+        if args.mlflow_experiment is not None:
+            raise ConfigError("--mlflow-experiment names the MLflow experiment of --mlflow; add --mlflow [URI]")
+        return None
+    if args.tensorboard:
+        require("tensorboard", "--tensorboard")
+    uri = resolve_uri(args.mlflow) if args.mlflow is not None else None
+    experiment = args.mlflow_experiment or "twohead"
+    if uri is not None:
+        check_mlflow(uri, experiment)
+    return TrackingSettings(mlflow_uri=uri, experiment=experiment, tensorboard=args.tensorboard, **kw)
+
+
 def cmd_train(args) -> int:
     from .loop import fit
+    from .tracking import open_tracking
 
     cfg = _load(args)
     out = Path(cfg.run.out) / cfg.run_name()
+    settings = tracking_settings(args)
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        result = fit(cfg)
+        with open_tracking(settings) as tracking:
+            result = fit(cfg, tracking=tracking)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         print(
@@ -193,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train one model (single process)")
     _config_args(p)
+    tracking_args(p, "into the run folder's tensorboard/ (tensorboard --logdir OUT)")
     p.set_defaults(func=cmd_train)
     run_help = "run folder (holding checkpoint.pt) or a checkpoint file"
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint")

@@ -12,6 +12,7 @@ one up); per-epoch reporting and checkpoint storage go through a :class:`~twohea
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from .clusters import division_for, division_plan
 from .config import TrainConfig, result_identity
 from .division import DivisionPlan, soft_label_matrix
 from .evaluation import GROUP_KEYS, evaluate
+from .model_card import code_version, split_fingerprint
 from .runs import (
     LocalReporter,
     Reporter,
@@ -41,6 +43,7 @@ from .runtime import amp_dtype, env_info, rank_world, resolve_device, seed_epoch
 from .schedule import first_decay_epoch, lr_at
 from .sources import BatchSource, DeviceSource, LoaderSource
 from .step import Step
+from .tracking import Tracking
 
 log = logging.getLogger("twohead")
 
@@ -87,11 +90,14 @@ def fit(
     data=None,
     train_source: BatchSource | None = None,
     reporter: Reporter | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one model as ``cfg`` describes; returns the final metrics (also ``metrics.json``).
 
     Everything that can be wrong with the input (config, data, division, model) is checked before ``out_dir`` is
-    touched. An ``out_dir`` holding a different run's results is never overwritten.
+    touched. An ``out_dir`` holding a different run's results is never overwritten. ``tracking``
+    (:func:`twohead.tracking.open_tracking`) logs params, every epoch and the final metrics to MLflow / TensorBoard
+    from the main rank.
     """
     cfg.validate()
     rank, world = rank_world()
@@ -129,10 +135,11 @@ def fit(
             # checkpoint's, so the epochs about to be retrained are not listed twice.
             rewrite_history(out, state.get("history", []))
         if state is not None and int(state["epoch"]) >= cfg.optim.epochs and (out / "metrics.json").is_file():
-            import json
-
             log.info("%s: already finished (%d epochs); returning its metrics", out, state["epoch"])
             return json.loads((out / "metrics.json").read_text())
+    tracking = tracking if is_main else None
+    if tracking is not None:
+        tracking.start(cfg, out)
 
     start_epoch, history, wall_before = 0, [], 0.0
     if state is not None:
@@ -155,6 +162,10 @@ def fit(
             train_source = LoaderSource(data.train, clusters, cfg, image_size)
     step = Step(net, criterion, optimizer, cfg, data.mean, data.std, device, amp_dtype(cfg, device), graphs)
 
+    fingerprint = split_fingerprint(getattr(data.train, "labels", None), getattr(data.train, "ids", None))
+    # Plain JSON types: torch.__version__ is a str subclass that torch.load(weights_only=True) refuses to unpickle.
+    environment = json.loads(json.dumps({**env_info(device), **code_version()}, default=str))
+
     def make_state(epoch: int) -> Callable[[], dict]:
         return lambda: {
             "epoch": epoch,
@@ -170,6 +181,9 @@ def fit(
             "image_size": image_size,
             "clusters_per_class": list(plan.u_per_class),
             "wall_s": wall_before + time.perf_counter() - t_run,  # training time across restarts
+            # For the model card (twohead.model_card): which split, and where and with what it was trained.
+            "train_fingerprint": fingerprint,
+            "environment": environment,
         }
 
     # Multi-process runs score val/test sharded across ranks (all of them hold the splits); a rank without them
@@ -226,6 +240,8 @@ def fit(
         history.append(metrics)
         if is_main:
             append_history(out, metrics)
+            if tracking is not None:
+                tracking.log_epoch(metrics)
             if progress:
                 val = f" val_top1={metrics['val_top1']:.2f}" if "val_top1" in metrics else ""
                 print(
@@ -236,11 +252,15 @@ def fit(
         if last and is_main:
             result = _finish(out, cfg, model, data, plan, final, history, device, wall_before + time.perf_counter() - t_run)
         reporter.report(metrics, make_state(done) if ckpt and is_main else None)
+        if last and tracking is not None:  # after the report: the model card of the last checkpoint is logged too
+            tracking.log_result(result, out)
     if not is_main:
         return metrics
     if start_epoch >= cfg.optim.epochs:  # nothing left to train (finished run without metrics.json)
         final = evaluate(model, data.test, data, cfg, device)
         result = _finish(out, cfg, model, data, plan, final, history, device, wall_before)
+        if tracking is not None:
+            tracking.log_result(result, out)
     return result
 
 

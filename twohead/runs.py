@@ -1,7 +1,8 @@
 """A run's folder: claiming it, checkpointing into it, and writing its final metrics.
 
 A folder ``OUT/NAME/`` holds ``config.yaml`` (the resolved config), ``history.jsonl`` (one line per epoch),
-``checkpoint.pt`` (what a rerun resumes from, and what :func:`twohead.load` reads) and, once finished,
+``checkpoint.pt`` (what a rerun resumes from, and what :func:`twohead.load` reads) with its model card
+(``model_card.json`` / ``.md``, :mod:`twohead.model_card`) and, once finished,
 ``metrics.json`` and the plots. A folder holding another run's results is never overwritten; two configs are the
 same run when :func:`twohead.config.result_identity` agrees (output paths, data location and device aside).
 """
@@ -115,7 +116,8 @@ class LocalReporter:
         # Serialised in memory first: torch.save's C++ writer reports a full disk as an opaque RuntimeError, a plain
         # file write says "no space left" (errno) and names the file.
         buf = io.BytesIO()
-        torch.save(make_state(), buf)
+        state = make_state()
+        torch.save(state, buf)
         try:
             with atomic.atomic_path(self.path) as tmp:
                 with open(tmp, "wb") as f:
@@ -129,6 +131,16 @@ class LocalReporter:
                 f"could not write the checkpoint {self.path}: {write_failure(e, self.path.parent)}; the previous "
                 "checkpoint (if any) is intact: free space and rerun the same command to resume from it"
             ) from None
+        self.write_card(state)
+
+    def write_card(self, state: dict) -> None:
+        """The model card of the checkpoint just written, beside it (a failed card never fails the run)."""
+        from .model_card import write_card
+
+        try:
+            write_card(self.path.parent, state, load_path=str(self.path.parent.resolve()))
+        except OSError as e:
+            log.warning("could not write the model card in %s: %s", self.path.parent, write_failure(e, self.path.parent))
 
 
 def write_failure(e: BaseException, folder: Path) -> str:

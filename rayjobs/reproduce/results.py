@@ -8,36 +8,18 @@ name with another config (the recipe changed since) is never overwritten: :class
 from __future__ import annotations
 
 import json
-import os
 import platform
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from twohead import atomic
 from twohead.config import TrainConfig, result_identity
+from twohead.model_card import git_commit  # re-exported: the commit a reproduction records (one implementation)
 
 from .plan import RunSpec
 
 __all__ = ["git_commit", "slim_result", "slim_path", "run_dir", "StaleResultError", "finished_result", "lr_by_epoch"]
-
-
-def git_commit(repo: Path | None = None) -> str:
-    """``$TWOHEAD_COMMIT``, else ``git rev-parse HEAD`` (``+dirty`` with uncommitted changes to tracked files),
-    else ``unknown`` (e.g. a copy of the tree without ``.git``, or an installed package)."""
-    env = os.environ.get("TWOHEAD_COMMIT")
-    if env:
-        return env
-    repo = repo or Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=repo, capture_output=True, timeout=10).returncode != 0
-        return sha.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _card(metrics: Mapping[str, Any]) -> str:

@@ -18,10 +18,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
 import pytest
+import torch
 import yaml
 from test_jobs import submit, wait  # the Jobs API helpers of tests/rayjobs/test_jobs.py (same folder)
 
@@ -201,9 +203,11 @@ def test_orphans_of_a_killed_driver_are_failed_others_are_left(tmp_path):
 # ------------------------------------------------------------------------------------ slow: real searches
 @pytest.fixture(scope="module")
 def searched(ray_session, data_root, tmp_path_factory):
+    from twohead.tracking import resolve_uri
+
     tmp = tmp_path_factory.mktemp("search")
     spec = load_search_space(_space(tmp))
-    return search.run_search(spec, tmp / "out", verbose=0)
+    return search.run_search(spec, tmp / "out", verbose=0, mlflow=resolve_uri(f"sqlite:///{tmp / 'mlflow.db'}"), tensorboard=True)
 
 
 @pytest.mark.slow
@@ -251,6 +255,56 @@ def test_search_end_to_end(searched):
     assert f"python -m rayjobs.search --retrain-best {out} --seeds 3" in text
     table = text.split("## All trials")[1]
     assert len(re.findall(r"\| COMPLETE +\|", table)) == len(full) and len(re.findall(r"\| PRUNED +\|", table)) == 4 - len(full)
+
+
+def _mlflow_runs(uri: str, experiment: str) -> tuple[Any, list]:
+    """(parent run, trial runs) of a search's MLflow experiment, read back with MLflow's client."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    return parents[0], [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+
+
+@pytest.mark.slow
+def test_search_trials_in_mlflow_and_tensorboard(searched):
+    """One MLflow run per trial, nested under the search's run, with the study's numbers, states, values and
+    parameters, and each validated epoch's metrics equal to the trial's history.jsonl; TensorBoard event files
+    in every trial folder with the same curves; a model card in every checkpoint folder."""
+    import mlflow
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = searched.out
+    uri = f"sqlite:///{out.parent / 'mlflow.db'}"
+    study = _load(out)
+    parent, runs = _mlflow_runs(uri, "tiny")
+    assert parent.info.status == "FINISHED" and parent.data.tags["twohead.search"] == searched.experiment
+    assert parent.data.params["search.num_samples"] == "4" and parent.data.params["base.method.name"] == "twohead"
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+    assert len(runs) == len(by_number) == len(study.trials) == 4
+    client = mlflow.MlflowClient(uri)
+    for t in study.trials:
+        run = by_number[t.number]
+        assert run.data.tags["optuna.state"] == t.state.name and run.data.tags["ray.trial_id"] == t.user_attrs["tune_trial_id"]
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["optuna/value"] == pytest.approx(t.value)
+        assert {k: run.data.params[k] for k in ("u", "alpha", "clustering")} == {k: str(v) for k, v in t.params.items()}
+        hist = _history(t.user_attrs["run_dir"])
+        val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_top1")}
+        assert val == {h["epoch"]: pytest.approx(h["val_top1"]) for h in hist}
+        trial_dir = out / "tiny" / f"trial_{t.user_attrs['tune_trial_id']}"
+        acc = EventAccumulator(str(trial_dir))
+        acc.Reload()
+        assert [(e.step, pytest.approx(e.value)) for e in acc.Scalars("ray/tune/val_top1")] == [
+            (h["epoch"], h["val_top1"]) for h in hist
+        ]
+        for ck in sorted(trial_dir.glob("checkpoint_*")):
+            card = json.loads((ck / "model_card.json").read_text())
+            state = torch.load(ck / "state.pt", map_location="cpu", weights_only=True)
+            assert card["metrics"]["epoch"] == state["epoch"] and card["paper_parameters"]["u"] == t.params["u"]
+    assert "TensorBoard: `tensorboard --logdir" in searched.report.text
 
 
 @pytest.mark.slow
@@ -417,7 +471,7 @@ def test_interrupted_then_killed_search_resumes_with_true_states(ray_head, data_
     )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "rayjobs.search", "--space", str(space), "--out", str(out)]
-    cmd += ["--address", ray_head.address, "--verbose", "0"]
+    cmd += ["--address", ray_head.address, "--verbose", "0", "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     env = dict(os.environ, TWOHEAD_DATA=str(data_root))
 
     def trials() -> list:
@@ -445,6 +499,10 @@ def test_interrupted_then_killed_search_resumes_with_true_states(ray_head, data_
     assert not [t for t in after1.values() if t.state.name == "FAIL"], "an interrupted driver fails nothing"
     cut = [n for n, t in after1.items() if t.state.name == "RUNNING"]
     assert cut and "interrupted by SIGINT" in (out / "report" / "report.md").read_text()
+    parent, runs = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
+    assert parent.info.status == "KILLED"
+    assert {r.data.tags["optuna.state"] for r in runs if r.info.status == "KILLED"} == {"RUNNING"}
+    assert {int(r.data.tags["optuna.trial_number"]) for r in runs if r.info.status == "KILLED"} == set(cut)
 
     # 2) A crash of the second driver after a trial finished.
     d2 = _driver(cmd, env, tmp_path / "d2.log")
@@ -475,6 +533,13 @@ def test_interrupted_then_killed_search_resumes_with_true_states(ray_head, data_
     best = json.loads((out / "report" / "best.json").read_text())
     assert best["value"] == max(t.value for t in final.values())
     assert "(resumed)" in (out / "report" / "report.md").read_text()
+    # MLflow: three resumes later still one parent run and one run per trial, with the study's final record
+    parent, runs = _mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "resume")
+    assert parent.info.status == "FINISHED" and len(runs) == 3
+    for r in runs:
+        t = final[int(r.data.tags["optuna.trial_number"])]
+        assert r.info.status == "FINISHED" and r.data.tags["optuna.state"] == "COMPLETE"
+        assert r.data.metrics["optuna/value"] == pytest.approx(t.value)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ Checkpoints and results go to the moto S3 server, data streams from it, like on 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -133,16 +134,22 @@ def test_a_failed_run_is_one_line_that_says_how_to_resume(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_and_rerun_resumes(ray_session, s3_ds, bucket):
+def test_killed_worker_resumes_and_rerun_resumes(ray_session, s3_ds, bucket, tmp_path):
     from ray.train import TrainingFailedError
+
+    from twohead.tracking import TrackingSettings, resolve_uri
 
     cfg = tiny_cfg("optim.epochs=3", "optim.milestones=[2]")
     runs = f"s3://{bucket}/runs"
     run_url = f"{runs}/ft"
+    # Rank 0 logs to MLflow; the restarted worker group and the rerun continue the same MLflow run.
+    tracking = TrackingSettings(mlflow_uri=resolve_uri(f"sqlite:///{tmp_path / 'mlflow.db'}"), run_key=run_url, run_name="ft")
 
     # 1) Rank 0 is killed at the end of epoch 2 and no retry is allowed: the run fails after checkpoint 1.
     with pytest.raises(TrainingFailedError) as failed:
-        train.run(cfg, data_url=s3_ds, storage_url=runs, name="ft", max_failures=0, fail_at_epoch=2, stream="on")
+        train.run(
+            cfg, data_url=s3_ds, storage_url=runs, name="ft", max_failures=0, fail_at_epoch=2, stream="on", tracking=tracking
+        )
     # what `python -m rayjobs.train` says of it: one line naming the rank and that its process died
     cause = train.failure_cause(failed.value)
     assert "\n" not in cause and cause.startswith("rank 0: a worker stopped answering") and "died" in cause, cause
@@ -152,7 +159,9 @@ def test_killed_worker_resumes_and_rerun_resumes(ray_session, s3_ds, bucket):
 
     # 2) The same command again resumes from epoch 1 (not from scratch); rank 0 is killed again at the end
     #    of epoch 3, and the worker group restarts from checkpoint 2 (max_failures=1) and finishes.
-    out = train.run(cfg, data_url=s3_ds, storage_url=runs, name="ft", max_failures=1, fail_at_epoch=3, stream="on")
+    out = train.run(
+        cfg, data_url=s3_ds, storage_url=runs, name="ft", max_failures=1, fail_at_epoch=3, stream="on", tracking=tracking
+    )
     assert out["restored_epoch"] == 2 and out["in_memory"] is False
     m = out["metrics"]
     # the test subset is balanced (stratified), so top-1 is the mean per-class recall: a consistent report
@@ -169,6 +178,27 @@ def test_killed_worker_resumes_and_rerun_resumes(ray_session, s3_ds, bucket):
     assert history[0] == first_epoch  # epoch 1 came from run 1's checkpoint, it was not trained again
     assert "config.yaml" in storage.list_files(results)
 
+    # One MLflow run for the three tries, FINISHED, with the final metrics of metrics.json
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking.mlflow_uri)
+    (ml,) = client.search_runs([client.get_experiment_by_name("twohead").experiment_id])
+    assert ml.info.status == "FINISHED" and ml.data.tags["twohead.run"] == run_url
+    assert ml.data.metrics["test/top1"] == pytest.approx(m["top1"])
+    losses = {mm.step: mm.value for mm in client.get_metric_history(ml.info.run_id, "train_loss")}
+    assert losses == {h["epoch"]: pytest.approx(h["train_loss"]) for h in history}
+    # Every checkpoint folder holds the model card of its weights, with the prepared dataset's manifest hash.
+    manifest_sha = storage.sha256(f"{s3_ds}/manifest.json")[0]
+    ckpts = sorted({f.split("/")[0] for f in files if f.startswith("checkpoint_") and "/" in f})
+    assert ckpts
+    for ck in ckpts:
+        card = storage.read_json(f"{run_url}/{ck}/model_card.json")
+        st = torch.load(io.BytesIO(storage.read_bytes(f"{run_url}/{ck}/{train.STATE_FILE}")), weights_only=True)
+        assert card["metrics"]["epoch"] == st["epoch"] and card["data"]["manifest_sha256"] == manifest_sha
+        assert card["data"]["data_uri"] == s3_ds and card["load"]["python"].startswith(
+            "import twohead; clf = twohead.load('state.pt')"
+        )
+
 
 DDP_SCRIPT = textwrap.dedent(
     """
@@ -176,17 +206,19 @@ DDP_SCRIPT = textwrap.dedent(
     import ray
     from ray.cluster_utils import Cluster
     from twohead.config import load_config
+    from twohead.tracking import TrackingSettings
     from rayjobs import train
 
-    data_url, runs = sys.argv[1], sys.argv[2]
+    data_url, runs, track_uri = sys.argv[1], sys.argv[2], sys.argv[3]
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 150 * 2**20})
     cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20)
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        cfg = load_config(preset="smoke", overrides=sys.argv[3:])
+        cfg = load_config(preset="smoke", overrides=sys.argv[4:])
         out = train.run(cfg, data_url=data_url, storage_url=runs, name="ddp", num_workers=2,
-                        placement_strategy="STRICT_SPREAD", stream="on")
+                        placement_strategy="STRICT_SPREAD", stream="on",
+                        tracking=TrackingSettings(mlflow_uri=track_uri, run_key=runs + "/ddp", run_name="ddp"))
         print("RESULT " + json.dumps({"world": out["world"], "nodes": out["nodes"], "epochs": out["metrics"]["epochs"],
                                        "top1": out["metrics"]["top1"], "results": out["results_url"]}))
     finally:
@@ -209,6 +241,7 @@ def test_ddp_two_workers_on_two_nodes(s3_ds, bucket, tmp_path):
             str(script),
             s3_ds,
             f"s3://{bucket}/runs",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
             *TINY,
             "optim.epochs=1",
             "optim.milestones=[]",
@@ -227,3 +260,10 @@ def test_ddp_two_workers_on_two_nodes(s3_ds, bucket, tmp_path):
     assert res["world"] == 2 and res["epochs"] == 1
     assert len(set(res["nodes"])) == 2, f"the two DDP ranks ran on {res['nodes']}"
     assert storage.read_json(f"{res['results']}/metrics.json")["top1"] == res["top1"]
+    # Rank 0 alone logs: one MLflow run, each epoch once
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("twohead").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
+    assert run.data.metrics["test/top1"] == pytest.approx(res["top1"]) and run.info.status == "FINISHED"
