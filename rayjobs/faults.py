@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rayjobs.local_cluster import free_port
+from rayjobs.cluster.local import free_port
 from twohead.runs import LocalReporter
 
 __all__ = ["Outcome", "SCENARIOS", "run_scenarios", "main"]
@@ -518,7 +518,7 @@ def _summary(text: str) -> dict:
 def s3_outage_run(work: Path) -> Outcome:
     """The object store a ``rayjobs.train`` run keeps its checkpoints and results in stops answering for 20 s just
     as Ray Train starts writing the epoch-2 checkpoint, then comes back: with the default retries Ray Train's own
-    checkpoint and snapshot writes (through :func:`rayjobs.storage.ray_storage`) wait for it, and the run ends
+    checkpoint and snapshot writes (through :func:`rayjobs.data.storage.ray_storage`) wait for it, and the run ends
     exactly as an uninterrupted local run of the same configuration (see ``TINY_RAY_CONFIG``)."""
     store = _ObjectStore()
     env = store.env

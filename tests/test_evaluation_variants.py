@@ -1,7 +1,7 @@
 """Every reading and post-hoc variant of a validation pass, scored like the configured one (groups, per-class
 recall), and what the loop keeps of it per epoch: the hand-built model of test_readings, values worked out by hand.
 
-Searches choose a trial's variant on validation for any objective (rayjobs.objectives), so each variant needs the
+Searches choose a trial's variant on validation for any objective (rayjobs.search.objectives), so each variant needs the
 worst class and the shot groups, not only top-1; the per-class recall feeds the accuracy-vs-frequency plots.
 """
 

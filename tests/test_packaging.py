@@ -62,7 +62,7 @@ def test_wheel_installs_the_library_without_ray_and_the_ray_layer_as_an_extra(tm
     _run([py, "-m", "pip", "install", "-q", "-c", constraints, f"twohead[ray] @ {wheel.as_uri()}"], cwd=tmp_path)
     assert "--preset" in _run([py, "-m", "rayjobs.search", "--preset", "smoke", "--help"], cwd=tmp_path).stdout
     code = (
-        "from rayjobs.search_space import available_presets, load_search_space; "
+        "from rayjobs.search.space import available_presets, load_search_space; "
         "print(available_presets(), load_search_space('smoke').base.model.backbone)"
     )
     out = _run([py, "-c", code], cwd=tmp_path).stdout

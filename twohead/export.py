@@ -25,8 +25,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,12 +35,10 @@ from torch import nn
 
 from . import atomic
 
-if TYPE_CHECKING:
-    from .inference import Classifier
-
 log = logging.getLogger("twohead")
 
 __all__ = [
+    "Exportable",
     "export",
     "export_metadata",
     "read_metadata",
@@ -55,6 +54,22 @@ FORMATS = ("torchscript", "onnx")
 INPUTS = ("uint8", "float")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx"}
 CHECK_TOLERANCE = 1e-4  # max |p_export - p_model| accepted by the check (float32 reassociation is ~1e-6)
+
+
+class Exportable(Protocol):
+    """What an export reads of a trained model. :class:`twohead.inference.Classifier` is one; this module depends
+    on these fields only, never on the inference module (which calls :func:`export` from ``Classifier.export``)."""
+
+    model: nn.Module  # the TwoHeadModel (backbone, heads, K-to-C readings)
+    config: Any  # its TrainConfig: method and backbone go into the metadata
+    class_names: list[str]
+    num_classes: int
+    clusters_per_class: list[int]  # u_c of Eq. 3, the cluster-to-class map
+    image_size: int  # the side the model was trained at
+    file_backed: bool  # decoded from files at full size (ImageNet-LT / Places-LT): resize / 0.875 before the crop
+    mean: Sequence[float]
+    std: Sequence[float]
+    reading: str  # the K-to-C reading the exported graph applies
 
 
 class ExportError(RuntimeError):
@@ -84,7 +99,7 @@ def input_layout(input: str, size: int) -> str:
     return f"uint8 [N, {size}, {size}, 3] (NHWC, RGB)" if input == "uint8" else f"float32 [N, 3, {size}, {size}] in [0, 1] (NCHW)"
 
 
-def export_metadata(classifier: Classifier, input: str) -> dict[str, str]:
+def export_metadata(classifier: Exportable, input: str) -> dict[str, str]:
     """What a user of the exported file needs, as string fields (ONNX ``metadata_props`` holds strings)."""
     s, cfg = classifier.image_size, classifier.config
     return {
@@ -105,7 +120,7 @@ def export_metadata(classifier: Classifier, input: str) -> dict[str, str]:
     }
 
 
-def _example(classifier: Classifier, input: str, n: int, seed: int) -> torch.Tensor:
+def _example(classifier: Exportable, input: str, n: int, seed: int) -> torch.Tensor:
     s = classifier.image_size
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (n, s, s, 3), generator=g, dtype=torch.uint8)
@@ -113,7 +128,7 @@ def _example(classifier: Classifier, input: str, n: int, seed: int) -> torch.Ten
 
 
 def export(
-    classifier: Classifier,
+    classifier: Exportable,
     path: str | os.PathLike,
     format: str = "torchscript",
     *,

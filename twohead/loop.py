@@ -78,7 +78,7 @@ def _val_entry(report: dict) -> dict:
     entry["val_posthoc"] = report["posthoc"]
     entry["val_posthoc_groups"] = report["posthoc_groups"]
     entry["val_ece"] = report["ece"]
-    # Lists: Ray reporters leave them out of results; searches read them from history.jsonl (rayjobs.objectives).
+    # Lists: Ray reporters leave them out of results; searches read them from history.jsonl (rayjobs.search.objectives).
     entry["val_per_class"] = {"counts": report["class_counts"], "recall": report["per_class_by_variant"]}
     return entry
 

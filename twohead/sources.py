@@ -1,6 +1,6 @@
 """Where training batches come from: device-resident uint8 tensors (small images) or a DataLoader (files).
 
-Both yield ``(images, labels, cluster ids)``; Ray Data streaming (``rayjobs.stream``) is a third implementation of
+Both yield ``(images, labels, cluster ids)``; Ray Data streaming (``rayjobs.data.stream``) is a third implementation of
 the same :class:`BatchSource` protocol.
 """
 

@@ -16,7 +16,7 @@ URL) instead of starting another; its status ends FINISHED, KILLED (Ctrl-C / SIG
 TensorBoard: event files in ``<run folder>/tensorboard`` (``tensorboard --logdir`` on the run or results folder).
 
 Ray-free: Ray Train workers and the single-process CLI use it alike; a search logs its trials from the driver
-with Ray's ``MLflowLoggerCallback`` instead (:mod:`rayjobs.search_tracking`).
+with Ray's ``MLflowLoggerCallback`` instead (:mod:`rayjobs.search.tracking`).
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rayjobs import paper
 from twohead.config import METHODS
 
+from . import paper
 from .cells import fmt_value
 from .plan import METHOD_LABELS, RunSpec, TableSpec, changes_results
 from .run import RunStatus

@@ -13,10 +13,10 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rayjobs import paper
 from twohead import atomic
 from twohead.config import METHODS
 
+from . import paper
 from .cells import (
     POSTHOC_COLUMNS,
     READING_COLUMNS,

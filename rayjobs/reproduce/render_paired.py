@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from rayjobs import paper
 from twohead.readings import LA_TAUS, TAU_NORMS
 
+from . import paper
 from .cells import READING_COLUMNS, fig_imbalance, group_cells, md_table, mean_of, missing, signed, table_rows
 from .paired import PairedRow, best_on_test, by_method_seed, paired_rows, val_chosen
 from .plan import METHOD_LABELS, RunSpec, TableSpec

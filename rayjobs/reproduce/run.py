@@ -80,7 +80,7 @@ class RayExecutor:
         import ray
 
         if not ray.is_initialized():
-            from rayjobs.connect import connect
+            from rayjobs.cluster.connect import connect
 
             # --ray-address, else RAY_ADDRESS, else a local Ray; an address that does not answer is a one-line error.
             connect(address or None, log_to_driver=False, include_dashboard=False)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rayjobs import storage
+from rayjobs.data import storage
+from rayjobs.data.manifest import verify_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = "--preset smoke --set data.train_fraction=0.02 --set data.eval_fraction=0.02"
@@ -69,7 +70,7 @@ def test_prepare_then_train_jobs(ray_head, s3_server, data_root):
     assert wait(client, prep) == JobStatus.SUCCEEDED, client.get_job_logs(prep)[-4000:]
     data_url = f"s3://{bucket}/datasets/cifar10-lt-imb100-f0.02-0.02"
     assert f"prepared {data_url}" in client.get_job_logs(prep)
-    storage.verify_dataset(data_url)
+    verify_dataset(data_url)
 
     # A cluster that can never hold the workers: the job fails fast with the reason, before training.
     too_big = submit(

@@ -13,7 +13,7 @@ drawn from the image's header size alone, before anything is decoded; then
   JPEGs (nvJPEG batched decode with ``device="cuda"``), then the same crop and resize on that device.
 
 Both return uint8 ``[3, S, S]`` / ``[B, 3, S, S]`` and flip horizontally with probability 1/2. Used by the Ray Data
-stream (``rayjobs.stream``) and the local DataLoader (:class:`twohead.data.loader.FileDataset`).
+stream (``rayjobs.data.stream``) and the local DataLoader (:class:`twohead.data.loader.FileDataset`).
 """
 
 from __future__ import annotations

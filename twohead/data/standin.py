@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from twohead.data.plan import DatasetPlan
     from twohead.data.types import LTData
 
-__all__ = ["generate_standin", "load_standin", "plan_standin", "standin_dir"]
+__all__ = ["generate_standin", "load_standin", "plan_standin", "render_class", "standin_dir"]
 
 _MARKER = "standin.json"
 _VERSION = 1
@@ -79,7 +79,7 @@ def _class_style(c: int, seed: int) -> tuple[np.ndarray, float, float, np.ndarra
     return base, freq, theta, tex
 
 
-def _render(c: int, n: int, size: int, seed: int, salt: int) -> np.ndarray:
+def render_class(c: int, n: int, size: int, seed: int, salt: int) -> np.ndarray:
     """``n`` images [n, size, size, 3] uint8 of class ``c``: the class pattern + per-image phase/noise."""
     base, freq, theta, tex = _class_style(c, seed)
     r = np.random.default_rng([seed, c, salt])
@@ -98,7 +98,7 @@ def _write_class(job: tuple[int, list[str], int, int, int, str]) -> int:
     from PIL import Image
 
     c, paths, size, seed, salt, root = job
-    imgs = _render(c, len(paths), size, seed, salt)
+    imgs = render_class(c, len(paths), size, seed, salt)
     made_dirs: set[str] = set()
     for img, rel in zip(imgs, paths):
         p = os.path.join(root, rel)
