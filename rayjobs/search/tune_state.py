@@ -15,15 +15,53 @@ newest older one still there, or starts again, its run folder's history kept bes
 
 It edits the snapshot with Ray's own (de)serialisers, on the files Tune itself wrote (never user input); the
 internals it touches (``_CheckpointManager``'s two fields) are those of the pinned Ray version.
+
+A snapshot also names, by module path, what Tune pickled (the searcher, the search space, the trial's job). An
+experiment saved before ``rayjobs/`` was split into packages names the former paths (``rayjobs.searcher``, ...):
+:func:`resolve_former_module_paths` makes those names import the same modules, so such a search still resumes.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import posixpath
+import sys
 from typing import Any
 
-__all__ = ["repoint_missing_checkpoints"]
+__all__ = ["FORMER_MODULE_PATHS", "repoint_missing_checkpoints", "resolve_former_module_paths"]
+
+# Former module path -> module, for the modules whose objects a Tune experiment of a search holds (its tuner.pkl:
+# the searcher, the space, the objectives, the trial's job; its trial states: the trial) and those they refer to.
+# The names that are still modules (rayjobs.search and rayjobs.train became packages, rayjobs.labels / .prepare /
+# .report stayed as entry modules) hold nothing a snapshot pickles: the trainable is passed again on restore.
+FORMER_MODULE_PATHS = {
+    "rayjobs.searcher": "rayjobs.search.searcher",
+    "rayjobs.search_space": "rayjobs.search.space",
+    "rayjobs.space_schema": "rayjobs.search.space_schema",
+    "rayjobs.space_params": "rayjobs.search.space_params",
+    "rayjobs.objectives": "rayjobs.search.objectives",
+    "rayjobs.study": "rayjobs.search.study",
+    "rayjobs.seeding": "rayjobs.search.seeding",
+    "rayjobs.trial": "rayjobs.search.trial",
+    "rayjobs.tuning": "rayjobs.search.tuning",
+    "rayjobs.reporting": "rayjobs.train.reporting",
+    "rayjobs.dataplane": "rayjobs.data.plane",
+    "rayjobs.storage": "rayjobs.data.storage",
+    "rayjobs.stream": "rayjobs.data.stream",
+}
+
+
+def resolve_former_module_paths() -> list[str]:
+    """Make each former path of :data:`FORMER_MODULE_PATHS` import its module in this process (the driver, where Tune
+    unpickles its snapshot); the names already importable are left alone. Returns the names it added."""
+    added = []
+    for old, new in FORMER_MODULE_PATHS.items():
+        if old not in sys.modules and importlib.util.find_spec(old) is None:
+            sys.modules[old] = importlib.import_module(new)
+            added.append(old)
+    return added
 
 
 def _exists(fs: Any, path: str) -> bool:

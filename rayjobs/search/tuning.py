@@ -111,8 +111,9 @@ def restore_or_new(path: str, trainable: Any, restart_errored: bool, new: Any, c
     fs, fs_path = store.ray_storage(path)
     if tune.Tuner.can_restore(fs_path, storage_filesystem=fs):
         print(f"Resuming the search in {path} (finished trials are kept)", flush=True)
-        from rayjobs.search.tune_state import repoint_missing_checkpoints
+        from rayjobs.search.tune_state import repoint_missing_checkpoints, resolve_former_module_paths
 
+        resolve_former_module_paths()  # an experiment saved before rayjobs/ was split into packages
         for line in repoint_missing_checkpoints(fs, fs_path):  # a driver killed between rotation and snapshot
             print(f"Trial {line}", flush=True)
         tuner = tune.Tuner.restore(

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -133,3 +136,35 @@ def test_a_stale_snapshot_without_any_checkpoint_left_starts_the_trial_again(exp
     assert len(changed) == 1 and changed[0].endswith("resuming from none (it starts again)")
     m = _manager(exp)
     assert m._latest_checkpoint_result is None and m._checkpoint_results == []
+
+
+def test_a_snapshot_of_the_former_layout_loads_once_its_module_paths_resolve():
+    """What a search saved before rayjobs/ was split into packages pickled (its searcher's objective, under
+    ``rayjobs.objectives``) fails to load as it is and loads equal once the former paths resolve. In a fresh
+    interpreter: the test session's own modules stay as they are."""
+    code = textwrap.dedent(
+        """
+        import pickle, sys
+        import rayjobs.search.objectives as objectives
+
+        sys.modules["rayjobs.objectives"] = objectives  # pickled the way the former layout named the class
+        objectives.Objective.__module__ = "rayjobs.objectives"
+        blob = pickle.dumps(objectives.Objective("val_few", "max"))
+        objectives.Objective.__module__ = "rayjobs.search.objectives"
+        del sys.modules["rayjobs.objectives"]
+        assert b"rayjobs.objectives" in blob
+        try:
+            pickle.loads(blob)
+        except ModuleNotFoundError as e:
+            assert "rayjobs.objectives" in str(e), e
+        else:
+            raise AssertionError("a former module path loaded without being resolved")
+
+        from rayjobs.search.tune_state import FORMER_MODULE_PATHS, resolve_former_module_paths
+
+        assert resolve_former_module_paths() == list(FORMER_MODULE_PATHS)  # none of them is a module any more
+        assert pickle.loads(blob) == objectives.Objective("val_few", "max")
+        assert resolve_former_module_paths() == []  # once per process
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
