@@ -48,6 +48,14 @@ def _package(module: str) -> str:
     return module if MODULES[module][1] else module.rpartition(".")[0]
 
 
+def _source(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from ... import`` in ``package`` reads from (``from .cells import`` included)."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(module: str) -> list[tuple[str, str, int]]:
     """(imported module, imported name or "", line) for every import statement of ``module`` that names ours."""
     f = MODULES[module][0]
@@ -57,11 +65,7 @@ def _imports(module: str) -> list[tuple[str, str, int]]:
         if isinstance(node, ast.Import):
             out += [(t, "", node.lineno) for a in node.names if (t := _owner(a.name))]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
+            source = _source(node, package)
             for a in node.names:
                 sub = _owner(f"{source}.{a.name}")  # `from pkg import submodule` imports the submodule
                 if sub is not None and sub != _owner(source) and sub == f"{source}.{a.name}":
@@ -127,9 +131,7 @@ def _module_aliases(module: str) -> dict[str, str]:
         if isinstance(node, ast.Import):
             out.update({a.asname: a.name for a in node.names if a.asname and a.name in MODULES})
         elif isinstance(node, ast.ImportFrom):
-            source = node.module or ""
-            if node.level:
-                source = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([source] if source else []))
+            source = _source(node, package)
             out.update({a.asname or a.name: f"{source}.{a.name}" for a in node.names if f"{source}.{a.name}" in MODULES})
     return out
 

@@ -41,6 +41,7 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "data_root",
+    "flatten",
     "result_identity",
     "RESULT_NEUTRAL",
 ]
@@ -464,6 +465,18 @@ def load_config(
 # Keys that never change a run's results: where data and outputs live, how they are loaded, the device choice, and
 # the whole run section (names, checkpoint cadence, plots, progress, test tracking).
 RESULT_NEUTRAL = ("data.root", "data.download", "data.num_workers", "data.device_resident", "optim.device")
+
+
+def flatten(d: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level, keys joined with ``sep``: a config's ``optim.lr`` (the names ``--set`` takes),
+    a metric's ``val_posthoc/la_tau1.0``. Leaves (lists included) are kept as they are."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, sep, f"{prefix}{k}{sep}"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def result_identity(config: Mapping[str, Any]) -> dict:

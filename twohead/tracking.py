@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, flatten
 
 __all__ = [
     "RUN_TAG",
@@ -41,7 +41,9 @@ __all__ = [
     "TrackingSettings",
     "TrackingUnavailable",
     "final_metrics",
+    "finite_numbers",
     "flat_scalars",
+    "log_batch",
     "metric_key",
     "open_tracking",
     "check_mlflow",
@@ -88,13 +90,8 @@ def require(module: str, flag: str) -> None:
 
 def flat_scalars(metrics: dict, prefix: str = "") -> dict:
     """Scalars of ``metrics`` with nested dicts flattened to ``outer/inner`` keys (lists are left out)."""
-    out: dict = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update(flat_scalars(v, f"{prefix}{k}/"))
-        elif v is None or isinstance(v, (bool, int, float, str)):
-            out[f"{prefix}{k}"] = v
-    return out
+    flat = flatten(metrics, "/", prefix)
+    return {k: v for k, v in flat.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /:]")
@@ -105,8 +102,32 @@ def metric_key(key: str) -> str:
     return _BAD_KEY.sub("_", key)[:250]
 
 
-def _numbers(flat: dict) -> dict[str, float]:
-    """The finite numbers of a flat dict (bools, strings, None and NaN left out: MLflow and TensorBoard plot numbers)."""
+def log_batch(
+    client: Any,
+    run_id: str,
+    *,
+    metrics: dict[str, float] | None = None,
+    step: int = 0,
+    params: dict | None = None,
+    tags: dict | None = None,
+) -> None:
+    """One run's metrics (at ``step``), params and tags in as few requests as MLflow's per-request limits allow
+    (1000 metrics, 100 params)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    now = int(time.time() * 1000)
+    ms = [Metric(metric_key(k), float(v), now, step) for k, v in (metrics or {}).items()]
+    ps = [Param(metric_key(k), str(v)[:6000]) for k, v in (params or {}).items()]
+    ts = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    for i in range(max(1, math.ceil(len(ms) / 1000), math.ceil(len(ps) / 100))):
+        client.log_batch(
+            run_id, metrics=ms[i * 1000 : (i + 1) * 1000], params=ps[i * 100 : (i + 1) * 100], tags=ts if i == 0 else []
+        )
+
+
+def finite_numbers(flat: dict) -> dict[str, float]:
+    """The finite numbers of a flat dict under MLflow-safe names (bools, strings, None and NaN left out: MLflow and
+    TensorBoard plot numbers)."""
     out = {}
     for k, v in flat.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -120,7 +141,7 @@ def final_metrics(result: dict) -> dict[str, float]:
     ``run/train_img_per_s`` and ``run/wall_s``."""
     test = flat_scalars({k: result[k] for k in _TEST_KEYS if k in result}, "test/")
     run = {f"run/{k}": result[k] for k in ("train_img_per_s", "wall_s") if k in result}
-    return _numbers({**test, **run})
+    return finite_numbers({**test, **run})
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -234,7 +255,7 @@ class Tracking:
 
     def log_epoch(self, metrics: dict) -> None:
         step = int(metrics["epoch"])
-        values = _numbers(flat_scalars({k: v for k, v in metrics.items() if k != "epoch"}))
+        values = finite_numbers(flat_scalars({k: v for k, v in metrics.items() if k != "epoch"}))
         self._log(values, step)
 
     def log_result(self, result: dict, out: Path) -> None:
@@ -254,8 +275,6 @@ class Tracking:
 
     # ---- MLflow --------------------------------------------------------------------------------------
     def _start_mlflow(self, cfg: Any) -> None:
-        from mlflow.entities import Param
-
         s = self.settings
         client = store_client(s.mlflow_uri)
         exp_id = experiment_id(client, s.experiment, s.mlflow_uri)
@@ -274,9 +293,9 @@ class Tracking:
             tags.update({k: str(v) for k, v in s.tags.items()})
             run = client.create_run(exp_id, run_name=s.run_name or self.out.name, tags=tags)
             self.run_id = run.info.run_id
-            params = [Param(metric_key(k), str(v)[:6000]) for k, v in _dotted(cfg.to_dict()).items()]
-            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-                client.log_batch(self.run_id, params=params[i : i + 100])
+            # The resolved config under the names --set takes (optim.lr, method.u); lists as [a, b].
+            params = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(cfg.to_dict()).items()}
+            log_batch(client, self.run_id, params=params)
         self.client = client
 
     def _log(self, values: dict[str, float], step: int) -> None:
@@ -286,13 +305,8 @@ class Tracking:
             self.writer.flush()
         if self.run_id is None:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in values.items()]
         with self._guard(f"step {step}"):
-            for i in range(0, len(metrics), 1000):  # MLflow's batch limit
-                self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+            log_batch(self.client, self.run_id, metrics=values, step=step)
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -303,17 +317,6 @@ class Tracking:
         except Exception as e:  # noqa: BLE001 - HTTP errors, a locked or vanished store: the training goes on
             log.warning("MLflow: could not log %s (%s: %s); no more MLflow logging in this run", what, type(e).__name__, e)
             self.run_id = None
-
-
-def _dotted(d: dict, prefix: str = "") -> dict:
-    """Config sections flattened with dots (``optim.lr``), the way ``--set`` names them; tuples as strings."""
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_dotted(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if not isinstance(v, (list, tuple)) else str(list(v))
-    return out
 
 
 class open_tracking:  # noqa: N801 - used as a context manager, like open()

@@ -324,7 +324,7 @@ def run_search(
 
 def _search_params(spec: SearchSpec) -> dict[str, Any]:
     """The parent MLflow run's params: what the search is (space, objectives, budget) and its base config."""
-    from twohead.tracking import flat_scalars
+    from twohead.config import flatten
 
     s = spec.search
     params = {
@@ -334,7 +334,7 @@ def _search_params(spec: SearchSpec) -> dict[str, Any]:
         "search.seed": s.seed,
         "search.parameters": ", ".join(p.name for p in spec.params),
     }
-    base = {f"base.{k}".replace("/", "."): v for k, v in flat_scalars(spec.base.to_dict()).items()}
+    base = {f"base.{k}": v for k, v in flatten(spec.base.to_dict()).items()}
     return params | base
 
 

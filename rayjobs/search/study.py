@@ -25,13 +25,13 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rayjobs.data import storage as store
 from twohead import atomic
+from twohead.config import flatten
 
 if TYPE_CHECKING:
     import optuna
@@ -263,16 +263,6 @@ def _space_dict(spec: SearchSpec) -> dict[str, Any]:
     return out
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _read_text(root: str, name: str) -> str | None:
     url = store.join(root, name)
     return store.read_bytes(url).decode() if store.exists(url) else None
@@ -312,8 +302,8 @@ def save_record(
     for where in places:
         old_text = _read_text(where, SPACE_FILE)
         if old_text is not None:
-            old = _flatten(_space_dict(parse_search_space(yaml.safe_load(old_text), source=store.join(where, SPACE_FILE))))
-            cur = _flatten(new)
+            old = flatten(_space_dict(parse_search_space(yaml.safe_load(old_text), source=store.join(where, SPACE_FILE))))
+            cur = flatten(new)
             diff = [k for k in sorted(set(old) | set(cur)) if not _may_change(k) and old.get(k) != cur.get(k)]
             n_old, n_new = old["search.num_samples"], cur["search.num_samples"]
             if extend and diff == ["search.num_samples"]:

@@ -24,14 +24,12 @@ TensorBoard: Ray Tune's ``TBXLoggerCallback`` writes event files into every tria
 from __future__ import annotations
 
 import logging
-import math
 import os
-import time
 from typing import Any
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from twohead.tracking import experiment_id, flat_scalars, metric_key, store_client
+from twohead.tracking import experiment_id, finite_numbers, flat_scalars, log_batch, store_client
 
 __all__ = ["SEARCH_TAG", "StudyMLflowCallback", "open_parent", "search_callbacks", "settle"]
 
@@ -49,8 +47,6 @@ def _quoted(text: str) -> str:
 
 def open_parent(uri: str, study_name: str, experiment_url: str, params: dict[str, Any]) -> str:
     """The search's parent run (created once, continued by a resumed or extended search): its run id."""
-    from mlflow.entities import Param
-
     client = store_client(uri)
     exp_id = experiment_id(client, study_name, uri)
     found = client.search_runs([exp_id], filter_string=f"tags.`{SEARCH_TAG}` = {_quoted(experiment_url)}", max_results=1)
@@ -61,9 +57,7 @@ def open_parent(uri: str, study_name: str, experiment_url: str, params: dict[str
     run = client.create_run(
         exp_id, run_name=f"{study_name} (search)", tags={SEARCH_TAG: experiment_url, "twohead.study": study_name}
     )
-    batch = [Param(metric_key(k), str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(batch), 100):
-        client.log_batch(run.info.run_id, params=batch[i : i + 100])
+    log_batch(client, run.info.run_id, params=params)
     return run.info.run_id
 
 
@@ -155,19 +149,9 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         self._tag(trial)
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
-        from mlflow.entities import Metric
-
         step = int(result.get("training_iteration") or iteration)
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(metric_key(k), float(v), now, step)
-            for k, v in flat_scalars(result).items()
-            if not k.startswith(_SKIP_PREFIXES) and k not in _SKIP_KEYS
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ]
-        client = self._client()
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(self._trial_runs[trial], metrics=metrics[i : i + 1000])
+        flat = {k: v for k, v in flat_scalars(result).items() if not k.startswith(_SKIP_PREFIXES) and k not in _SKIP_KEYS}
+        log_batch(self._client(), self._trial_runs[trial], metrics=finite_numbers(flat), step=step)
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         super().log_trial_end(trial, failed)  # FINISHED / FAILED
@@ -176,19 +160,15 @@ class StudyMLflowCallback(MLflowLoggerCallback):
 
 def tag_run(client: Any, run_id: str, t: Any, objectives: list[str]) -> None:
     """Tags ``optuna.trial_number`` / ``optuna.state`` and the recorded values (metrics ``optuna/...``) of one run."""
-    from mlflow.entities import Metric, RunTag
-
-    tags = [RunTag("optuna.trial_number", str(t.number)), RunTag("optuna.state", t.state.name)]
-    metrics = []
+    values = {}
     if t.values is not None:
-        now = int(time.time() * 1000)
         names = (
             ["value"]
             if len(t.values) == 1
             else [f"values/{n}" for n in objectives] or [f"values/{i}" for i in range(len(t.values))]
         )
-        metrics = [Metric(f"optuna/{n}", float(v), now, 0) for n, v in zip(names, t.values) if v is not None and math.isfinite(v)]
-    client.log_batch(run_id, metrics=metrics, tags=tags)
+        values = finite_numbers({f"optuna/{n}": v for n, v in zip(names, t.values)})
+    log_batch(client, run_id, metrics=values, tags={"optuna.trial_number": t.number, "optuna.state": t.state.name})
 
 
 def settle(uri: str, study: Any, parent_run_id: str, objectives: list[str], interrupted: bool) -> int:

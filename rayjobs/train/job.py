@@ -59,6 +59,7 @@ from typing import Any
 from rayjobs.cluster import signals
 from rayjobs.cluster.connect import RayAddressError
 from rayjobs.data import storage
+from rayjobs.data.manifest import MANIFEST
 from rayjobs.data.plane import IN_MEMORY_MAX_BYTES, check_train_labels  # noqa: F401 (re-exported)
 from rayjobs.data.storage import DatasetError
 from rayjobs.data.stream import PREFETCH_BATCHES, skip_summary
@@ -337,7 +338,7 @@ def run(
             "fault": fault,
             "tracking": tracking,
             # For the model card of every checkpoint: which prepared dataset, byte for byte.
-            "extra": {"data_uri": plan.url, "manifest_sha256": storage.sha256(storage.join(plan.url, "manifest.json"))[0]},
+            "extra": {"data_uri": plan.url, "manifest_sha256": storage.sha256(storage.join(plan.url, MANIFEST))[0]},
         },
         scaling_config=ScalingConfig(
             num_workers=num_workers,
